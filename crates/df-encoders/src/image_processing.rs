@@ -29,9 +29,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{EncoderError, Result};
 
-/// CLIP / BLIP-2 per-channel mean (RGB) used by [`ImageProcessor::default`].
+/// CLIP / BLIP-2 per-channel mean (RGB) used by [`ImageProcessor::default`]. The literals are the
+/// reference's decimal values; rounded to `f32` they equal torch's `float32` mean / std.
+#[allow(clippy::excessive_precision)]
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// CLIP / BLIP-2 per-channel standard deviation (RGB) used by [`ImageProcessor::default`].
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 /// Default output side `S` (BLIP-2 ViT-g/14 at 224 × 224).
 pub const DEFAULT_IMAGE_SIZE: usize = 224;

@@ -301,6 +301,7 @@ fn tokenizer_errors_name_the_file_and_do_not_panic() -> Result<()> {
 // ------------------------------------------------------------------------------------------------
 
 #[test]
+#[allow(clippy::excessive_precision)]
 fn config_defaults_and_serde() -> Result<()> {
     let p = ImageProcessor::default();
     assert_eq!(p.image_size, 224);
@@ -317,8 +318,10 @@ fn config_defaults_and_serde() -> Result<()> {
     // bad configs are errors, not panics
     let img = DynamicImage::new_rgb8(10, 10);
     assert!(ImageProcessor::new(0).preprocess(&img).is_err());
-    let mut bad = ImageProcessor::default();
-    bad.image_std = [0.0, 1.0, 1.0];
+    let bad = ImageProcessor {
+        image_std: [0.0, 1.0, 1.0],
+        ..Default::default()
+    };
     assert!(bad.preprocess(&img).is_err());
     assert!(ImageProcessor::default()
         .with_target_pad_ratio(Some(f32::NAN))
@@ -536,21 +539,58 @@ fn real_photos_match_pillow_reference() -> Result<()> {
         d.mean_abs_levels /= d.values as f64;
         d.mean_abs_norm /= d.values as f64;
 
+        // Every pixel, compactly: per-row and per-column sums of the 224×224 crop, per channel.
+        let raw = crop.as_raw();
+        let (mut row_err, mut col_err) = (0i64, 0i64);
+        let (mut row_max, mut col_max) = (0i64, 0i64);
+        for c in 0..3 {
+            let want_rows: Vec<i64> = case["row_sums"][c]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .collect();
+            let want_cols: Vec<i64> = case["col_sums"][c]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .collect();
+            for i in 0..224 {
+                let row: i64 = (0..224).map(|x| i64::from(raw[(i * 224 + x) * 3 + c])).sum();
+                let col: i64 = (0..224).map(|y| i64::from(raw[(y * 224 + i) * 3 + c])).sum();
+                row_err += (row - want_rows[i]).abs();
+                col_err += (col - want_cols[i]).abs();
+                row_max = row_max.max((row - want_rows[i]).abs());
+                col_max = col_max.max((col - want_cols[i]).abs());
+            }
+        }
+
         let stats = channel_stats(&t)?;
         let (mean, std) = (f64s(&case["stats"]["mean"]), f64s(&case["stats"]["std"]));
         let stat_err = (0..3)
             .map(|c| (stats[c].0 - mean[c]).abs().max((stats[c].1 - std[c]).abs()))
             .fold(0.0, f64::max);
         println!(
-            "{name}: {}/{} values exact, max {} levels, mean {:.4} levels; normalised max {:.4} \
-             mean {:.5}; channel mean/std error {:.2e}",
+            "{name}: subset {}/{} values exact, max {} levels, mean {:.4} levels; normalised max \
+             {:.4} mean {:.5}; row sums: total |err| {row_err}, max {row_max}; column sums: total \
+             |err| {col_err}, max {col_max}; channel mean/std error {:.2e}",
             d.exact, d.values, d.max_levels, d.mean_abs_levels, d.max_abs_norm, d.mean_abs_norm, stat_err
         );
-        // JPEG decoders differ (zune-jpeg vs libjpeg-turbo), so rocket.jpg gets a looser bound.
+        // Measured (image 0.25.10, Pillow 13): PNGs ≥ 99.98 % of all values equal, the rest one
+        // level off; rocket.jpg 99.0 % (zune-jpeg vs libjpeg-turbo), one level at most.
         let jpeg = name.ends_with(".jpg");
-        let (max_levels, mean_levels, stat_tol) = if jpeg { (12, 1.0, 5e-3) } else { (2, 0.05, 5e-4) };
+        let (max_levels, mean_levels, sum_err, stat_tol) = if jpeg {
+            (3, 0.05, 4000, 1e-3)
+        } else {
+            (1, 0.01, 300, 5e-5)
+        };
         ensure!(d.max_levels <= max_levels, "{name}: {d:?}");
         ensure!(d.mean_abs_levels <= mean_levels, "{name}: {d:?}");
+        ensure!(
+            row_err <= sum_err && col_err <= sum_err,
+            "{name}: sums {row_err} {col_err}"
+        );
         ensure!(stat_err <= stat_tol, "{name}: stats error {stat_err}");
         report.push((name.clone(), d));
     }
