@@ -315,7 +315,11 @@ fn find_state_key(path: &Path) -> Result<Option<String>> {
 }
 
 fn hub_fetch(repo: &str, file: &str) -> Result<PathBuf> {
-    let cache = hf_hub::Cache::from_env();
+    // `HF_HUB_CACHE` overrides `HF_HOME/hub`, as in the Python client.
+    let cache = match std::env::var_os("HF_HUB_CACHE") {
+        Some(dir) => hf_hub::Cache::new(dir.into()),
+        None => hf_hub::Cache::from_env(),
+    };
     if let Some(p) = cache.model(repo.to_string()).get(file) {
         return Ok(p);
     }
