@@ -5,6 +5,7 @@
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
+use crate::cir::BranchOutput;
 use crate::config::Blip2Config;
 use crate::nn::l2_normalize;
 use crate::qformer::{QFormerModel, TextEmbeddings};
@@ -172,6 +173,23 @@ impl HybridEncoder {
         )?;
         let out = self.qformer.forward(&seq, 0, Some(&mask), None)?;
         self.cls_feature(&out, 0)
+    }
+
+    /// A DetailFusion branch output: the composed query's global feature plus its pass-1
+    /// queries projected by `token_projection` (`[B, Q, H]` → `[B, Q, P]`).
+    pub fn branch_output(
+        &self,
+        token_projection: &Linear,
+        image: &Tensor,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<BranchOutput> {
+        let q = self.composed_query(image, input_ids, attention_mask)?;
+        Ok(BranchOutput {
+            global: q.feature,
+            tokens: token_projection.forward(&q.pass1_queries)?,
+            pass1_queries: q.pass1_queries,
+        })
     }
 
     fn cls_feature(&self, hidden: &Tensor, position: usize) -> Result<Tensor> {

@@ -8,6 +8,7 @@
 
 pub mod blip2;
 pub mod checkpoint;
+pub mod cir;
 pub mod config;
 pub mod error;
 pub mod hybrid;
@@ -19,6 +20,7 @@ pub mod vit;
 
 pub use blip2::Blip2Model;
 pub use checkpoint::{Checkpoint, CheckpointFormat, LoadOptions};
+pub use cir::{BranchOutput, Compositor, FusedQuery, GalleryEncoder, QueryBranch};
 pub use config::{Blip2Config, QFormerConfig, VisionConfig};
 pub use error::{EncoderError, Result};
 pub use hybrid::{ComposedQuery, HybridEncoder};

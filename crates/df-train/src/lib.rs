@@ -1,0 +1,6 @@
+//! Training for DetailFusion: the losses of SPEC §4 (the three stages and evaluation build
+//! on them).
+
+pub mod losses;
+
+pub use losses::{LossConfig, Stage2Losses};
