@@ -62,12 +62,19 @@ fn main() -> Result<()> {
     let text_proc = TextProcessor::from_file(&tokenizer)?;
     let image_proc = ImageProcessor::new(model.config().vision_config.image_size);
 
-    let pixels = image_proc.preprocess_path(&args.image)?.unsqueeze(0)?.to_dtype(dtype)?;
+    let pixels = image_proc
+        .preprocess_path(&args.image)?
+        .unsqueeze(0)?
+        .to_dtype(dtype)?;
     let text = text_proc.encode(&args.text, &device)?;
     let vision = model.vision_features(&pixels)?;
     let image_embeds = model.encoder.image_features(&vision)?.squeeze(0)?;
-    let text_embeds = model.text_features(&text.input_ids, &text.attention_mask)?.squeeze(0)?;
-    let query = model.encoder.composed_query(&vision, &text.input_ids, &text.attention_mask)?;
+    let text_embeds = model
+        .text_features(&text.input_ids, &text.attention_mask)?
+        .squeeze(0)?;
+    let query = model
+        .encoder
+        .composed_query(&vision, &text.input_ids, &text.attention_mask)?;
     let query_embeds = query.feature.squeeze(0)?;
 
     let tensors: HashMap<String, candle_core::Tensor> = [
@@ -78,7 +85,8 @@ fn main() -> Result<()> {
     .into_iter()
     .map(|(k, v)| Ok((k.to_string(), v.to_dtype(DType::F32)?)))
     .collect::<Result<_>>()?;
-    candle_core::safetensors::save(&tensors, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    candle_core::safetensors::save(&tensors, &args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
     println!(
         "wrote {} (image_embeds {:?}, text_embeds {:?}, query_embeds {:?})",
         args.out.display(),

@@ -58,8 +58,10 @@ pub struct DetailFusionConfig {
 impl DetailFusionConfig {
     /// A config around a BLIP-2 backbone with every other choice at its default.
     pub fn from_blip2(blip2: Blip2Config) -> Self {
-        let mut compositor = CompositorConfig::default();
-        compositor.hidden_size = blip2.image_text_hidden_size;
+        let compositor = CompositorConfig {
+            hidden_size: blip2.image_text_hidden_size,
+            ..Default::default()
+        };
         let image_processor = ImageProcessor::new(blip2.vision_config.image_size);
         Self {
             blip2,

@@ -29,7 +29,7 @@ pub struct InitBackend {
 }
 
 impl InitBackend {
-    fn from_sources(&self, shape: &Shape, name: &str, dtype: DType, dev: &Device) -> Result<Option<Tensor>> {
+    fn lookup(&self, shape: &Shape, name: &str, dtype: DType, dev: &Device) -> Result<Option<Tensor>> {
         for src in &self.sources {
             if let Some(theirs) = (src.map)(name) {
                 if src.vb.contains_tensor(&theirs) {
@@ -50,7 +50,7 @@ impl SimpleBackend for InitBackend {
             }
             return Ok(var.as_tensor().clone());
         }
-        match self.from_sources(&s, name, dtype, dev)? {
+        match self.lookup(&s, name, dtype, dev)? {
             Some(t) => {
                 let var = Var::from_tensor(&t)?;
                 let out = var.as_tensor().clone();

@@ -2,5 +2,7 @@
 //! on them).
 
 pub mod losses;
+pub mod optim;
 
 pub use losses::{LossConfig, Stage2Losses};
+pub use optim::{AdamW, GradAccumulator, OptimizerConfig, Schedule};
