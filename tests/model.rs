@@ -235,6 +235,7 @@ fn every_trainable_parameter_gets_a_gradient() {
             gm_pass1: &qg.pass1_queries,
             prompt_tokens: gm.prompt_tokens(),
             targets: &z,
+            targets_gm: &z,
             temp_gm: gm.temp(),
             temp_di: di.temp(),
         },

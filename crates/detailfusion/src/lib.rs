@@ -15,6 +15,7 @@ mod config;
 mod error;
 mod init;
 mod model;
+mod training;
 
 pub use df_compositor as compositor;
 pub use df_di_branch as di_branch;
@@ -30,3 +31,4 @@ pub use df_encoders::{
 pub use error::{DetailFusionError, Result};
 pub use init::{NameMap, Source};
 pub use model::{DetailFusion, GalleryFeatures, InitSources, QueryFeatures, CONFIG_FILE, WEIGHTS_FILE};
+pub use training::{StageTrainer, TrainItem, TrainingData};

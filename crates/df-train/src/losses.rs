@@ -97,8 +97,10 @@ pub struct Stage2Inputs<'a> {
     pub gm_pass1: &'a Tensor,
     /// GM prompt tokens `[1, Q, H]`.
     pub prompt_tokens: &'a Tensor,
-    /// Target gallery features `[B, Q, P]`.
+    /// Target gallery features `[B, Q, P]` (the shared space).
     pub targets: &'a Tensor,
+    /// Targets in GM's own space (same as `targets` unless galleries are per branch).
+    pub targets_gm: &'a Tensor,
     /// GM temperature (scalar).
     pub temp_gm: &'a Tensor,
     /// DI temperature (scalar).
@@ -108,9 +110,9 @@ pub struct Stage2Inputs<'a> {
 impl Stage2Losses {
     /// Computes the stage-2 objective.
     pub fn compute(x: Stage2Inputs, cfg: &LossConfig) -> Result<Self> {
-        let gm = contrastive_loss(x.q_gm, x.targets, x.temp_gm)?;
+        let gm = contrastive_loss(x.q_gm, x.targets_gm, x.temp_gm)?;
         let di = contrastive_loss(x.q_di, x.targets, x.temp_di)?;
-        let text_only = contrastive_loss(x.text_only, x.targets, x.temp_gm)?;
+        let text_only = contrastive_loss(x.text_only, x.targets_gm, x.temp_gm)?;
         let align = prompt_alignment_loss(x.gm_pass1, x.prompt_tokens)?;
         let total = (((&gm + (&di * cfg.gamma)?)? + (&text_only * cfg.text_only_weight)?)?
             + (&align * cfg.align_weight)?)?;

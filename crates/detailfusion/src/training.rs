@@ -1,0 +1,202 @@
+//! The model side of the three training stages (SPEC §4): which variables each stage trains
+//! and its loss, over cached frozen-ViT features.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use candle_core::{Tensor, Var};
+use df_encoders::{BranchOutput, TextProcessor};
+use df_train::losses::{contrastive_loss, hard_negative_contrastive_loss, scalar, Stage2Inputs};
+use df_train::{LossConfig, Stage, Stage2Losses, StageModel, TrainError};
+
+use crate::{DetailFusion, GalleryFeatures};
+
+/// One training triplet, by image index into [`TrainingData::image_feats`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainItem {
+    /// Reference image.
+    pub reference: usize,
+    /// Target image.
+    pub target: usize,
+    /// Modification text (or edit instruction).
+    pub text: String,
+}
+
+/// Triplets plus the frozen ViT features of every unique image, computed once.
+pub struct TrainingData {
+    /// The triplets.
+    pub items: Vec<TrainItem>,
+    /// ViT features after `ln_vision`, one `[T, W]` tensor per unique image.
+    pub image_feats: Vec<Tensor>,
+    /// Tokenizer and text clean-up.
+    pub text: TextProcessor,
+}
+
+/// A [`DetailFusion`] model bound to its training data.
+pub struct StageTrainer<'a> {
+    model: &'a DetailFusion,
+    data: &'a TrainingData,
+    losses: LossConfig,
+    /// Stage 3 trains on cached branch outputs and gallery features (everything upstream is
+    /// frozen): `(DI out, GM out, target tokens)` for all items, computed on first use.
+    stage3: OnceLock<(BranchOutput, BranchOutput, Tensor)>,
+}
+
+impl<'a> StageTrainer<'a> {
+    /// Binds `model` to `data`.
+    pub fn new(model: &'a DetailFusion, data: &'a TrainingData, losses: LossConfig) -> Self {
+        Self {
+            model,
+            data,
+            losses,
+            stage3: OnceLock::new(),
+        }
+    }
+
+    fn gather(&self, images: impl Iterator<Item = usize>) -> candle_core::Result<Tensor> {
+        let feats: Vec<&Tensor> = images.map(|i| &self.data.image_feats[i]).collect();
+        Tensor::stack(&feats, 0)
+    }
+
+    fn batch(&self, idx: &[usize]) -> crate::Result<(Tensor, Tensor, Tensor, Tensor)> {
+        let items: Vec<&TrainItem> = idx.iter().map(|&i| &self.data.items[i]).collect();
+        let reference = self.gather(items.iter().map(|t| t.reference))?;
+        let target = self.gather(items.iter().map(|t| t.target))?;
+        let texts: Vec<&str> = items.iter().map(|t| t.text.as_str()).collect();
+        let tb = self.data.text.encode_batch(&texts, self.model.device())?;
+        Ok((reference, target, tb.input_ids, tb.attention_mask))
+    }
+
+    fn stage3_cache(&self) -> crate::Result<&(BranchOutput, BranchOutput, Tensor)> {
+        if let Some(c) = self.stage3.get() {
+            return Ok(c);
+        }
+        let all: Vec<usize> = (0..self.data.items.len()).collect();
+        let mut parts = (vec![], vec![], vec![]);
+        for chunk in all.chunks(64) {
+            let (r, t, ids, mask) = self.batch(chunk)?;
+            let q = self.model.encode_query_embeds(&r, &ids, &mask)?;
+            let (Some(di), Some(gm)) = (q.di, q.gm) else {
+                return Err(crate::DetailFusionError::Variant(
+                    "stage 3 needs both branches".into(),
+                ));
+            };
+            parts.0.push(detach(di)?);
+            parts.1.push(detach(gm)?);
+            parts.2.push(self.model.encode_image_embeds(&t)?.tokens.detach());
+        }
+        let cat = |v: Vec<BranchOutput>| -> candle_core::Result<BranchOutput> {
+            let g: Vec<&Tensor> = v.iter().map(|b| &b.global).collect();
+            let t: Vec<&Tensor> = v.iter().map(|b| &b.tokens).collect();
+            let p: Vec<&Tensor> = v.iter().map(|b| &b.pass1_queries).collect();
+            Ok(BranchOutput {
+                global: Tensor::cat(&g, 0)?.contiguous()?,
+                tokens: Tensor::cat(&t, 0)?.contiguous()?,
+                pass1_queries: Tensor::cat(&p, 0)?.contiguous()?,
+            })
+        };
+        let z: Vec<&Tensor> = parts.2.iter().collect();
+        let cache = (cat(parts.0)?, cat(parts.1)?, Tensor::cat(&z, 0)?.contiguous()?);
+        Ok(self.stage3.get_or_init(|| cache))
+    }
+
+    fn stage_loss(&self, stage: Stage, idx: &[usize]) -> crate::Result<(Tensor, Vec<(String, f32)>)> {
+        let m = self.model;
+        if stage == Stage::Compositor {
+            let (di, gm, z) = self.stage3_cache()?;
+            let ids = Tensor::new(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), m.device())?;
+            let pick = |b: &BranchOutput| -> candle_core::Result<BranchOutput> {
+                Ok(BranchOutput {
+                    global: b.global.index_select(&ids, 0)?,
+                    tokens: b.tokens.index_select(&ids, 0)?,
+                    pass1_queries: b.pass1_queries.index_select(&ids, 0)?,
+                })
+            };
+            let q = m.fuse(Some(pick(di)?), Some(pick(gm)?))?;
+            let loss = contrastive_loss(&q.feature, &z.index_select(&ids, 0)?, m.temp())?;
+            return Ok((loss, vec![]));
+        }
+        let (reference, target, ids, mask) = self.batch(idx)?;
+        let GalleryFeatures { tokens: z, gm_tokens } = m.encode_image_embeds(&target)?;
+        if stage == Stage::Di {
+            let di = m
+                .di()
+                .ok_or_else(|| crate::DetailFusionError::Variant("stage 1 needs a DI branch".into()))?;
+            let q = df_encoders::QueryBranch::encode_query(di, &reference, &ids, &mask)?;
+            let z_ref = m.encode_image_embeds(&reference)?.tokens;
+            let loss = hard_negative_contrastive_loss(&q.global, &z, &z_ref, di.temp())?;
+            return Ok((loss, vec![]));
+        }
+        let q = m.encode_query_embeds(&reference, &ids, &mask)?;
+        let z_gm = gm_tokens.unwrap_or_else(|| z.clone());
+        match (m.di(), m.gm(), &q.di, &q.gm) {
+            (Some(di), Some(gm), Some(qd), Some(qg)) => {
+                let text_only = gm.text_only_features(&ids, &mask)?;
+                let l = Stage2Losses::compute(
+                    Stage2Inputs {
+                        q_gm: &qg.global,
+                        q_di: &qd.global,
+                        text_only: &text_only,
+                        gm_pass1: &qg.pass1_queries,
+                        prompt_tokens: gm.prompt_tokens(),
+                        targets: &z,
+                        targets_gm: &z_gm,
+                        temp_gm: gm.temp(),
+                        temp_di: di.temp(),
+                    },
+                    &self.losses,
+                )?;
+                let parts = vec![
+                    ("loss_gm".to_string(), scalar(&l.gm)?),
+                    ("loss_di".to_string(), scalar(&l.di)?),
+                    ("loss_text_only".to_string(), scalar(&l.text_only)?),
+                    ("loss_align".to_string(), scalar(&l.align)?),
+                ];
+                Ok((l.total, parts))
+            }
+            (Some(di), None, Some(qd), None) => Ok((contrastive_loss(&qd.global, &z, di.temp())?, vec![])),
+            (None, Some(gm), None, Some(qg)) => {
+                let text_only = gm.text_only_features(&ids, &mask)?;
+                let l = (contrastive_loss(&qg.global, &z, gm.temp())?
+                    + (contrastive_loss(&text_only, &z, gm.temp())? * self.losses.text_only_weight)?
+                    + (df_train::losses::prompt_alignment_loss(&qg.pass1_queries, gm.prompt_tokens())?
+                        * self.losses.align_weight)?)?;
+                Ok((l, vec![]))
+            }
+            _ => Err(crate::DetailFusionError::Variant("model has no branch".into())),
+        }
+    }
+}
+
+fn detach(b: BranchOutput) -> candle_core::Result<BranchOutput> {
+    Ok(BranchOutput {
+        global: b.global.detach(),
+        tokens: b.tokens.detach(),
+        pass1_queries: b.pass1_queries.detach(),
+    })
+}
+
+impl StageModel for StageTrainer<'_> {
+    fn trainable(&self, stage: Stage) -> Vec<(String, Var)> {
+        match stage {
+            Stage::Di => self.model.vars(&["di."]),
+            Stage::Joint => self.model.vars(&["di.", "gm.", "gm_gallery."]),
+            Stage::Compositor => {
+                let mut v = self.model.vars(&["compositor."]);
+                v.extend(self.model.vars(&["temp"]));
+                v
+            }
+        }
+    }
+
+    fn loss(&self, stage: Stage, indices: &[usize]) -> df_train::Result<(Tensor, Vec<(String, f32)>)> {
+        self.stage_loss(stage, indices).map_err(|e| match e {
+            crate::DetailFusionError::Candle(c) => TrainError::Candle(c),
+            other => TrainError::Model(other.to_string()),
+        })
+    }
+
+    fn save(&self, dir: &Path) -> df_train::Result<()> {
+        self.model.save(dir).map_err(|e| TrainError::Model(e.to_string()))
+    }
+}

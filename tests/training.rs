@@ -1,0 +1,265 @@
+//! The three stages on a tiny model: freezing is real and resuming is exact.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use detailfusion::train::trainer::{read_state, LATEST};
+use detailfusion::train::{train, Hooks, OptimizerConfig, Schedule, Stage, TrainerConfig};
+use detailfusion::{
+    Blip2Config, DetailFusion, DetailFusionConfig, StageTrainer, TextProcessor, TrainItem, TrainingData,
+};
+
+fn enc_fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crates/df-encoders/tests/fixtures/encoders")
+}
+
+fn model() -> DetailFusion {
+    let mut cfg = DetailFusionConfig::from_blip2(
+        Blip2Config::from_file(enc_fixtures().join("hf/config.json")).unwrap(),
+    );
+    cfg.compositor.num_attention_heads = 4;
+    cfg.compositor.intermediate_size = 32;
+    DetailFusion::from_blip2(
+        &enc_fixtures().join("hf").to_string_lossy(),
+        Some(cfg),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+fn data() -> TrainingData {
+    let dev = Device::Cpu;
+    let image_feats = (0..6)
+        .map(|i| {
+            let x = Tensor::arange(0f32, 17.0 * 32.0, &dev)
+                .unwrap()
+                .reshape((17, 32))
+                .unwrap();
+            ((x * (0.37 + i as f64 * 0.11)).unwrap().sin().unwrap() * 0.5).unwrap()
+        })
+        .collect();
+    let texts = [
+        "make the red circle blue",
+        "remove the small square",
+        "make the background green",
+        "red",
+    ];
+    let items = (0..8)
+        .map(|i| TrainItem {
+            reference: i % 6,
+            target: (i * 5 + 1) % 6,
+            text: texts[i % 4].to_string(),
+        })
+        .collect();
+    TrainingData {
+        items,
+        image_feats,
+        text: TextProcessor::from_file(enc_fixtures().join("tokenizer.json"))
+            .unwrap()
+            .with_max_txt_len(12)
+            .unwrap(),
+    }
+}
+
+fn cfg(epochs: usize) -> TrainerConfig {
+    TrainerConfig {
+        epochs,
+        batch_size: 2,
+        drop_last: true,
+        seed: 7,
+        optimizer: OptimizerConfig {
+            lr: 1e-3,
+            schedule: Schedule::CosineWarmup { warmup_steps: 2 },
+            grad_clip: Some(1.0),
+            ..Default::default()
+        },
+        checkpoint_every: Some(1),
+        max_steps: None,
+    }
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("df-train-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn snapshot(m: &DetailFusion) -> HashMap<String, Vec<f32>> {
+    m.named_tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect()
+}
+
+fn changed(a: &HashMap<String, Vec<f32>>, b: &HashMap<String, Vec<f32>>) -> Vec<String> {
+    let mut v: Vec<String> = a.keys().filter(|k| a[*k] != b[*k]).cloned().collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn stages_train_only_their_parameters() {
+    let data = data();
+    let m = model();
+    let before = snapshot(&m);
+    let t = StageTrainer::new(&m, &data, Default::default());
+    train(
+        &t,
+        Stage::Compositor,
+        data.items.len(),
+        &cfg(1),
+        &tmp("s3"),
+        None,
+        &Hooks::default(),
+    )
+    .unwrap();
+    let after3 = snapshot(&m);
+    let moved = changed(&before, &after3);
+    assert!(!moved.is_empty());
+    assert!(
+        moved.iter().all(|k| k.starts_with("compositor.") || k == "temp"),
+        "stage 3 touched {moved:?}"
+    );
+    train(
+        &t,
+        Stage::Di,
+        data.items.len(),
+        &cfg(1),
+        &tmp("s1"),
+        None,
+        &Hooks::default(),
+    )
+    .unwrap();
+    let moved = changed(&after3, &snapshot(&m));
+    assert!(moved.iter().any(|k| k.starts_with("di.qformer")));
+    assert!(
+        moved.iter().all(|k| k.starts_with("di.")),
+        "stage 1 touched {moved:?}"
+    );
+    let after1 = snapshot(&m);
+    train(
+        &t,
+        Stage::Joint,
+        data.items.len(),
+        &cfg(1),
+        &tmp("s2"),
+        None,
+        &Hooks::default(),
+    )
+    .unwrap();
+    let moved = changed(&after1, &snapshot(&m));
+    assert!(moved.iter().any(|k| k.starts_with("gm.qformer")) && moved.iter().any(|k| k.starts_with("di.")));
+    assert!(
+        moved.iter().all(|k| k.starts_with("di.") || k.starts_with("gm.")),
+        "stage 2 touched {moved:?}"
+    );
+    assert!(!moved.iter().any(|k| k.starts_with("vision_model")));
+}
+
+#[test]
+fn resuming_mid_epoch_reproduces_the_uninterrupted_run() {
+    let data = data();
+    // Both runs start from the same saved weights (fresh ones are random).
+    let init = tmp("init");
+    model().save(&init).unwrap();
+    let fresh = || DetailFusion::load(&init, &Device::Cpu).unwrap();
+    // Uninterrupted: 2 epochs of 4 batches.
+    let full = fresh();
+    let t = StageTrainer::new(&full, &data, Default::default());
+    let out = tmp("full");
+    let s = train(
+        &t,
+        Stage::Joint,
+        data.items.len(),
+        &cfg(2),
+        &out,
+        None,
+        &Hooks::default(),
+    )
+    .unwrap();
+    assert_eq!(s.state.global_step, 8);
+    // Interrupted after 3 steps (mid-epoch 0), then resumed from the checkpoint on disk.
+    let first = fresh();
+    let t = StageTrainer::new(&first, &data, Default::default());
+    let out = tmp("cut");
+    let mut c = cfg(2);
+    c.max_steps = Some(3);
+    let s = train(
+        &t,
+        Stage::Joint,
+        data.items.len(),
+        &c,
+        &out,
+        None,
+        &Hooks::default(),
+    )
+    .unwrap();
+    assert!(s.stopped_early);
+    drop(t);
+    drop(first);
+    let ckpt = out.join(LATEST);
+    let st = read_state(&ckpt).unwrap();
+    assert_eq!((st.epoch, st.batch_in_epoch, st.global_step), (0, 3, 3));
+    let resumed = DetailFusion::load(&ckpt, &Device::Cpu).unwrap();
+    let t = StageTrainer::new(&resumed, &data, Default::default());
+    let s = train(
+        &t,
+        Stage::Joint,
+        data.items.len(),
+        &cfg(2),
+        &out,
+        Some(&ckpt),
+        &Hooks::default(),
+    )
+    .unwrap();
+    assert_eq!(s.state.global_step, 8);
+    let (a, b) = (snapshot(&full), snapshot(&resumed));
+    assert!(changed(&a, &b).is_empty(), "differs: {:?}", changed(&a, &b));
+    // The log has one line per step of both calls.
+    let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+    assert_eq!(log.lines().filter(|l| l.contains("\"step\"")).count(), 8);
+}
+
+#[test]
+fn epoch_order_is_a_seeded_permutation() {
+    use detailfusion::train::trainer::epoch_order;
+    let a = epoch_order(100, 3, 0);
+    let mut s = a.clone();
+    s.sort();
+    assert_eq!(s, (0..100).collect::<Vec<_>>());
+    assert_eq!(a, epoch_order(100, 3, 0));
+    assert_ne!(a, epoch_order(100, 3, 1));
+    assert_ne!(a, epoch_order(100, 4, 0));
+}
+
+#[test]
+fn bad_training_settings_are_refused() {
+    let data = data();
+    let m = model();
+    let t = StageTrainer::new(&m, &data, Default::default());
+    let mut c = cfg(1);
+    c.batch_size = 100;
+    let err = train(
+        &t,
+        Stage::Di,
+        data.items.len(),
+        &c,
+        &tmp("bad"),
+        None,
+        &Hooks::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("no batch"), "{err}");
+    let err = train(
+        &t,
+        Stage::Di,
+        data.items.len(),
+        &cfg(1),
+        &tmp("bad2"),
+        Some(&tmp("nothing")),
+        &Hooks::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("trainer.json"), "{err}");
+}
