@@ -35,6 +35,9 @@ pub enum DetailFusionError {
     /// The operation does not fit this model variant.
     #[error("{0}")]
     Variant(String),
+    /// From a training run.
+    #[error(transparent)]
+    Train(#[from] df_train::TrainError),
     /// A computation error.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

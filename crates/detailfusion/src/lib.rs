@@ -15,9 +15,12 @@ mod config;
 mod error;
 mod init;
 mod model;
+mod pretrain;
+pub mod toy;
 mod training;
 
 pub use df_compositor as compositor;
+pub use df_data as data;
 pub use df_di_branch as di_branch;
 pub use df_encoders as encoders;
 pub use df_gm_branch as gm_branch;
@@ -31,4 +34,5 @@ pub use df_encoders::{
 pub use error::{DetailFusionError, Result};
 pub use init::{NameMap, Source};
 pub use model::{DetailFusion, GalleryFeatures, InitSources, QueryFeatures, CONFIG_FILE, WEIGHTS_FILE};
+pub use pretrain::ItcPretrainer;
 pub use training::{StageTrainer, TrainItem, TrainingData};

@@ -102,6 +102,11 @@ impl<'a> StageTrainer<'a> {
 
     fn stage_loss(&self, stage: Stage, idx: &[usize]) -> crate::Result<(Tensor, Vec<(String, f32)>)> {
         let m = self.model;
+        if stage == Stage::Itc {
+            return Err(crate::DetailFusionError::Variant(
+                "stage 0 trains an ItcPretrainer, not DetailFusion".into(),
+            ));
+        }
         if stage == Stage::Compositor {
             let (di, gm, z) = self.stage3_cache()?;
             let ids = Tensor::new(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), m.device())?;
@@ -179,6 +184,7 @@ fn detach(b: BranchOutput) -> candle_core::Result<BranchOutput> {
 impl StageModel for StageTrainer<'_> {
     fn trainable(&self, stage: Stage) -> Vec<(String, Var)> {
         match stage {
+            Stage::Itc => vec![],
             Stage::Di => self.model.vars(&["di."]),
             Stage::Joint => self.model.vars(&["di.", "gm.", "gm_gallery."]),
             Stage::Compositor => {

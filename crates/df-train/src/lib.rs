@@ -2,6 +2,7 @@
 //! on them).
 
 mod error;
+pub mod eval;
 pub mod losses;
 pub mod optim;
 pub mod trainer;

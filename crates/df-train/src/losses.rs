@@ -137,3 +137,14 @@ fn to_candle(e: df_encoders::EncoderError) -> candle_core::Error {
 pub fn scalar(loss: &Tensor) -> Result<f32> {
     loss.to_dtype(DType::F32)?.to_scalar::<f32>()
 }
+
+/// BLIP-2's image–text contrastive loss: `image: [B, Q, P]` per-token features, `text: [B, P]`,
+/// similarity `max_k ⟨z_i,k, t_j⟩ / τ`, cross-entropy both ways, averaged.
+pub fn itc_loss(image: &Tensor, text: &Tensor, temp: &Tensor) -> Result<Tensor> {
+    let i2t = scaled(&max_token_scores(text, image).map_err(to_candle)?.t()?, temp)?; // [B_img, B_txt]
+    let b = text.dim(0)?;
+    let t = targets(b, text.device())?;
+    let a = candle_nn::loss::cross_entropy(&i2t, &t)?;
+    let c = candle_nn::loss::cross_entropy(&i2t.t()?.contiguous()?, &t)?;
+    (a + c)? / 2.0
+}

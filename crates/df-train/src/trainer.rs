@@ -20,6 +20,9 @@ use crate::{Result, TrainError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
+    /// Stage 0 of the toy pipeline: BLIP-2-style image–text contrastive pretraining, the
+    /// stand-in for BLIP-2 weights.
+    Itc,
     /// DI pretraining on image edits.
     Di,
     /// Joint fine-tuning of DI and GM.

@@ -1,0 +1,127 @@
+//! Stage 0: BLIP-2-style image–text contrastive pretraining of a (tiny) ViT + Q-Former, our
+//! stand-in for the real BLIP-2 weights, which cannot be had here. The result is saved as a
+//! Hugging Face BLIP-2 checkpoint that [`crate::DetailFusion::from_blip2`] reads.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use df_encoders::{Blip2Config, Blip2Model, TextProcessor};
+use df_train::losses::itc_loss;
+use df_train::{Stage, StageModel, TrainError};
+
+/// A trainable BLIP-2 stage-1 model plus its image–caption pairs.
+pub struct ItcPretrainer {
+    model: Blip2Model,
+    varmap: VarMap,
+    temp: Tensor,
+    pixels: Tensor,
+    captions: Vec<String>,
+    text: TextProcessor,
+    config: Blip2Config,
+}
+
+impl ItcPretrainer {
+    /// A randomly initialised model over `pixels: [N, 3, S, S]` and one caption per image.
+    pub fn new(
+        config: Blip2Config,
+        pixels: Tensor,
+        captions: Vec<String>,
+        text: TextProcessor,
+        device: &Device,
+    ) -> crate::Result<Self> {
+        if pixels.dim(0)? != captions.len() {
+            return Err(crate::DetailFusionError::Variant(format!(
+                "{} images but {} captions",
+                pixels.dim(0)?,
+                captions.len()
+            )));
+        }
+        config.validate()?;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        let model = Blip2Model::new(&config, vb.clone())?;
+        let temp = vb.get_with_hints((), "temp", candle_nn::Init::Const(0.07))?;
+        Ok(Self {
+            model,
+            varmap,
+            temp,
+            pixels,
+            captions,
+            text,
+            config,
+        })
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &Blip2Model {
+        &self.model
+    }
+
+    /// Writes `config.json` and `model.safetensors` in the Hugging Face layout.
+    pub fn save_hf(&self, dir: &Path) -> crate::Result<()> {
+        std::fs::create_dir_all(dir).map_err(|source| crate::DetailFusionError::Io {
+            path: dir.into(),
+            source,
+        })?;
+        let json =
+            serde_json::to_string_pretty(&self.config).map_err(|e| crate::DetailFusionError::Config {
+                path: dir.join("config.json"),
+                message: e.to_string(),
+            })?;
+        std::fs::write(dir.join("config.json"), json).map_err(|source| crate::DetailFusionError::Io {
+            path: dir.join("config.json"),
+            source,
+        })?;
+        let tensors: std::collections::HashMap<String, Tensor> = self
+            .varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_detached_tensor()))
+            .collect();
+        let path = dir.join("model.safetensors");
+        candle_core::safetensors::save(&tensors, &path)
+            .map_err(|source| crate::DetailFusionError::Weights { path, source })
+    }
+}
+
+impl StageModel for ItcPretrainer {
+    fn trainable(&self, _stage: Stage) -> Vec<(String, Var)> {
+        let mut v: Vec<(String, Var)> = self
+            .varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn loss(&self, _stage: Stage, indices: &[usize]) -> df_train::Result<(Tensor, Vec<(String, f32)>)> {
+        let ids = Tensor::new(
+            indices.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            self.pixels.device(),
+        )?;
+        let pixels = self.pixels.index_select(&ids, 0)?;
+        let texts: Vec<&str> = indices.iter().map(|&i| self.captions[i].as_str()).collect();
+        let tb = self
+            .text
+            .encode_batch(&texts, self.pixels.device())
+            .map_err(|e| TrainError::Model(e.to_string()))?;
+        let run = || -> df_encoders::Result<(Tensor, Tensor)> {
+            let z = self.model.image_features(&pixels)?;
+            let t = self.model.text_features(&tb.input_ids, &tb.attention_mask)?;
+            Ok((z, t))
+        };
+        let (z, t) = run().map_err(|e| TrainError::Model(e.to_string()))?;
+        Ok((itc_loss(&z, &t, &self.temp)?, vec![]))
+    }
+
+    fn save(&self, dir: &Path) -> df_train::Result<()> {
+        self.save_hf(dir).map_err(|e| TrainError::Model(e.to_string()))
+    }
+}

@@ -1,0 +1,405 @@
+//! The toy-world pipeline: a procedural CIR world (df-data), stage 0 pretraining of a tiny
+//! BLIP-2 as the stand-in for real weights, then DetailFusion's stages 1–3 exactly as on real
+//! data, and CIRR-style evaluation. One [`ToyPreset`] holds every setting.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use df_data::cirr::CirrSplit;
+use df_data::toy::{Scene, ToyConfig, ToyWorld};
+use df_encoders::{Blip2Config, ImageProcessor, QFormerConfig, TextProcessor, VisionConfig};
+use df_train::eval::{cirr_val_metrics, CirrMetrics, CirrQuery};
+use df_train::{train, Hooks, LossConfig, OptimizerConfig, Schedule, Stage, TrainerConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::{DetailFusion, DetailFusionConfig, DetailFusionError, ItcPretrainer, Result, StageTrainer};
+use crate::{TrainItem, TrainingData};
+
+/// Every setting of a toy run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ToyPreset {
+    /// The world.
+    pub world: ToyConfig,
+    /// Tiny BLIP-2 sizes (the vocabulary size is set from the toy tokenizer).
+    pub blip2: Blip2Config,
+    /// Model options (variant, gallery mode, compositor); `blip2` inside is replaced.
+    pub model: Option<DetailFusionConfig>,
+    /// Stage 0 (image–text contrastive pretraining).
+    pub stage0: TrainerConfig,
+    /// Stage 1 (DI on atomic edits); `None` skips it (the "without stage 1" ablation).
+    pub stage1: Option<TrainerConfig>,
+    /// Stage 2 (joint).
+    pub stage2: TrainerConfig,
+    /// Stage 3 (compositor).
+    pub stage3: TrainerConfig,
+    /// Stage-2 loss weights.
+    pub losses: LossConfig,
+}
+
+fn stage_cfg(epochs: usize, batch: usize, lr: f64, seed: u64) -> TrainerConfig {
+    TrainerConfig {
+        epochs,
+        batch_size: batch,
+        drop_last: true,
+        seed,
+        optimizer: OptimizerConfig {
+            lr,
+            grad_clip: Some(1.0),
+            schedule: Schedule::CosineWarmup { warmup_steps: 20 },
+            ..Default::default()
+        },
+        checkpoint_every: None,
+        max_steps: None,
+    }
+}
+
+impl Default for ToyPreset {
+    fn default() -> Self {
+        let world = ToyConfig::default().with_counts(2000, 200, 300);
+        Self {
+            world,
+            blip2: toy_blip2(64, 100),
+            model: None,
+            stage0: stage_cfg(6, 64, 1e-3, 0),
+            stage1: Some(stage_cfg(3, 32, 3e-4, 1)),
+            stage2: stage_cfg(4, 32, 3e-4, 2),
+            stage3: stage_cfg(6, 64, 1e-3, 3),
+            losses: LossConfig::default(),
+        }
+    }
+}
+
+/// The tiny BLIP-2 of the toy world: 64 px images, 8 px patches, width 96.
+pub fn toy_blip2(image_size: usize, vocab_size: usize) -> Blip2Config {
+    Blip2Config {
+        vision_config: VisionConfig {
+            hidden_size: 96,
+            intermediate_size: 192,
+            num_hidden_layers: 3,
+            num_attention_heads: 4,
+            image_size,
+            patch_size: 8,
+            ..Default::default()
+        },
+        qformer_config: QFormerConfig {
+            vocab_size,
+            hidden_size: 96,
+            num_hidden_layers: 3,
+            num_attention_heads: 4,
+            intermediate_size: 192,
+            max_position_embeddings: 80,
+            cross_attention_frequency: 2,
+            encoder_hidden_size: 96,
+            ..Default::default()
+        },
+        num_query_tokens: 8,
+        image_text_hidden_size: 64,
+    }
+}
+
+/// A generated world with its images rendered and preprocessed once.
+pub struct ToyData {
+    /// The world.
+    pub world: ToyWorld,
+    /// Text processing with the world's own tokenizer.
+    pub text: TextProcessor,
+    /// Preprocessed pixels of every distinct scene, `[N, 3, S, S]`.
+    pub pixels: Tensor,
+    /// Scene key → row of `pixels`.
+    pub index: HashMap<u128, usize>,
+    /// One caption per row of `pixels`.
+    pub captions: Vec<String>,
+}
+
+impl ToyData {
+    /// Generates and renders the world of `cfg`.
+    pub fn generate(cfg: &ToyConfig, device: &Device) -> Result<Self> {
+        let world = ToyWorld::generate(cfg).map_err(data_err)?;
+        let tokenizer = df_data::toy::build_tokenizer().map_err(data_err)?;
+        let text = TextProcessor::from_tokenizer(tokenizer)?;
+        let mut scenes: Vec<&Scene> = vec![];
+        let mut index = HashMap::new();
+        let all = world
+            .splits
+            .iter()
+            .flat_map(|s| s.images.iter().map(|i| &i.scene));
+        let edits = world.edit_pairs.iter().flat_map(|p| [&p.original, &p.edited]);
+        for scene in all.chain(edits) {
+            index.entry(scene.key()).or_insert_with(|| {
+                scenes.push(scene);
+                scenes.len() - 1
+            });
+        }
+        let proc = ImageProcessor::new(cfg.image_size as usize);
+        let per = proc.values_per_image();
+        let mut values = Vec::with_capacity(scenes.len() * per);
+        for scene in &scenes {
+            values.extend(proc.preprocess_rgb_to_vec(&world.render(scene))?);
+        }
+        let s = cfg.image_size as usize;
+        let pixels = Tensor::from_vec(values, (scenes.len(), 3, s, s), device)?;
+        let captions = scenes.iter().map(|s| s.caption()).collect();
+        Ok(Self {
+            world,
+            text,
+            pixels,
+            index,
+            captions,
+        })
+    }
+
+    /// Row of a scene.
+    pub fn row(&self, scene: &Scene) -> usize {
+        self.index[&scene.key()]
+    }
+
+    fn split(&self, split: CirrSplit) -> &df_data::toy::ToySplit {
+        // `ToyWorld::generate` always makes all three splits.
+        self.world.split(split).expect("toy worlds have every split")
+    }
+
+    /// Rows of the images used in training (train split and edit pairs).
+    pub fn train_rows(&self) -> Vec<usize> {
+        let mut rows: Vec<usize> = self
+            .split(CirrSplit::Train)
+            .images
+            .iter()
+            .map(|i| self.row(&i.scene))
+            .collect();
+        rows.extend(
+            self.world
+                .edit_pairs
+                .iter()
+                .flat_map(|p| [self.row(&p.original), self.row(&p.edited)]),
+        );
+        rows.sort_unstable();
+        rows.dedup();
+        rows
+    }
+
+    /// Stage-1 triplets (atomic edits) and stage-2/3 triplets (composed train queries).
+    pub fn items(&self) -> (Vec<TrainItem>, Vec<TrainItem>) {
+        let edits = self
+            .world
+            .edit_pairs
+            .iter()
+            .map(|p| TrainItem {
+                reference: self.row(&p.original),
+                target: self.row(&p.edited),
+                text: p.instruction.clone(),
+            })
+            .collect();
+        let train = self.split(CirrSplit::Train);
+        let queries = train
+            .queries
+            .iter()
+            .map(|q| TrainItem {
+                reference: self.row(&train.images[q.reference].scene),
+                target: self.row(&train.images[q.target].scene),
+                text: q.caption.clone(),
+            })
+            .collect();
+        (edits, queries)
+    }
+}
+
+fn data_err(e: df_data::DataError) -> DetailFusionError {
+    DetailFusionError::Variant(format!("toy world: {e}"))
+}
+
+/// Frozen ViT features of every row, `[T, W]` each.
+pub fn vit_features(model: &DetailFusion, pixels: &Tensor) -> Result<Vec<Tensor>> {
+    let n = pixels.dim(0)?;
+    let mut out = Vec::with_capacity(n);
+    for start in (0..n).step_by(128) {
+        let len = 128.min(n - start);
+        let f = model.vision_features(&pixels.narrow(0, start, len)?)?;
+        for i in 0..len {
+            out.push(f.get(i)?);
+        }
+    }
+    Ok(out)
+}
+
+/// CIRR-style metrics of `model` on a split (gallery = the split's images, reference removed).
+pub fn evaluate(
+    model: &DetailFusion,
+    data: &ToyData,
+    feats: &[Tensor],
+    split: CirrSplit,
+) -> Result<CirrMetrics> {
+    let s = data.split(split);
+    let rows: Vec<usize> = s.images.iter().map(|i| data.row(&i.scene)).collect();
+    let mut gallery = vec![];
+    for chunk in rows.chunks(128) {
+        let f: Vec<&Tensor> = chunk.iter().map(|&r| &feats[r]).collect();
+        gallery.push(model.encode_image_embeds(&Tensor::stack(&f, 0)?)?);
+    }
+    let tokens = Tensor::cat(&gallery.iter().map(|g| &g.tokens).collect::<Vec<_>>(), 0)?;
+    let gm_tokens = gallery
+        .iter()
+        .map(|g| g.gm_tokens.clone())
+        .collect::<Option<Vec<_>>>()
+        .map(|v| Tensor::cat(&v, 0))
+        .transpose()?;
+    let gallery = crate::GalleryFeatures { tokens, gm_tokens };
+    let mut scores: Vec<Vec<f32>> = vec![];
+    for chunk in s.queries.chunks(64) {
+        let refs: Vec<&Tensor> = chunk.iter().map(|q| &feats[rows[q.reference]]).collect();
+        let texts: Vec<&str> = chunk.iter().map(|q| q.caption.as_str()).collect();
+        let tb = data.text.encode_batch(&texts, model.device())?;
+        let q = model.encode_query_embeds(&Tensor::stack(&refs, 0)?, &tb.input_ids, &tb.attention_mask)?;
+        scores.extend(model.score(&q, &gallery)?.to_vec2::<f32>()?);
+    }
+    let names: Vec<&str> = s.images.iter().map(|i| i.name.as_str()).collect();
+    let queries: Vec<CirrQuery> = s
+        .queries
+        .iter()
+        .map(|q| CirrQuery {
+            pair_id: q.pair_id as i64,
+            reference: names[q.reference].to_string(),
+            target: Some(names[q.target].to_string()),
+            members: q.members.iter().map(|&m| names[m].to_string()).collect(),
+        })
+        .collect();
+    cirr_val_metrics(&queries, &names, &scores)
+        .map_err(|e| DetailFusionError::Variant(format!("evaluation: {e}")))
+}
+
+/// What a toy run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToyReport {
+    /// Test metrics after each stage that ran (`"blip2"` is zero-shot after stage 0).
+    pub test: Vec<(String, CirrMetrics)>,
+    /// Wall-clock seconds per phase.
+    pub seconds: Vec<(String, f64)>,
+}
+
+/// Runs stages 0–3 of `preset` and writes the final model to `out/model` (plus the stage-0
+/// BLIP-2 checkpoint to `out/blip2`, and the tokenizer next to both).
+pub fn run(preset: &ToyPreset, out: &Path, log: &dyn Fn(&str)) -> Result<(DetailFusion, ToyReport)> {
+    let dev = Device::Cpu;
+    let mut seconds = vec![];
+    let mut clock = std::time::Instant::now();
+    let mut lap = |name: &str, seconds: &mut Vec<(String, f64)>| {
+        seconds.push((name.to_string(), clock.elapsed().as_secs_f64()));
+        clock = std::time::Instant::now();
+    };
+    let data = ToyData::generate(&preset.world, &dev)?;
+    log(&format!(
+        "world: {} images, vocab {}",
+        data.captions.len(),
+        data.text.vocab_size()
+    ));
+    lap("world", &mut seconds);
+
+    let mut blip2 = preset.blip2.clone();
+    blip2.qformer_config.vocab_size = data.text.vocab_size();
+    blip2.vision_config.image_size = preset.world.image_size as usize;
+    let rows = data.train_rows();
+    let ids = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &dev)?;
+    let pre = ItcPretrainer::new(
+        blip2.clone(),
+        data.pixels.index_select(&ids, 0)?,
+        rows.iter().map(|&r| data.captions[r].clone()).collect(),
+        data.text.clone(),
+        &dev,
+    )?;
+    let hook = |v: &serde_json::Value| log(&format!("{v}"));
+    let hooks_pre = Hooks {
+        validate: None,
+        on_step: Some(&hook),
+    };
+    train(
+        &pre,
+        Stage::Itc,
+        rows.len(),
+        &preset.stage0,
+        &out.join("stage0"),
+        None,
+        &hooks_pre,
+    )?;
+    let blip2_dir = out.join("blip2");
+    pre.save_hf(&blip2_dir)?;
+    write_tokenizer(&data, &blip2_dir)?;
+    drop(pre);
+    lap("stage0", &mut seconds);
+
+    let mut cfg = preset
+        .model
+        .clone()
+        .unwrap_or_else(|| DetailFusionConfig::from_blip2(blip2.clone()));
+    cfg.blip2 = blip2.clone();
+    cfg.compositor.hidden_size = blip2.image_text_hidden_size;
+    cfg.image_processor = ImageProcessor::new(blip2.vision_config.image_size);
+    let model = DetailFusion::from_blip2(&blip2_dir.to_string_lossy(), Some(cfg), &dev)?;
+    let feats = vit_features(&model, &data.pixels)?;
+    lap("vit_features", &mut seconds);
+    let mut test = vec![(
+        "blip2".to_string(),
+        evaluate(&model, &data, &feats, CirrSplit::Test1)?,
+    )];
+    log(&format!("zero-shot test: {}", test[0].1.avg));
+
+    let (edits, queries) = data.items();
+    let losses = preset.losses.clone();
+    let stages: [(Stage, Option<&TrainerConfig>, Vec<TrainItem>, &str); 3] = [
+        (Stage::Di, preset.stage1.as_ref(), edits, "stage1"),
+        (Stage::Joint, Some(&preset.stage2), queries.clone(), "stage2"),
+        (Stage::Compositor, Some(&preset.stage3), queries, "stage3"),
+    ];
+    for (stage, cfg, items, name) in stages {
+        let Some(cfg) = cfg else { continue };
+        let needs = match stage {
+            Stage::Di => model.di().is_some(),
+            Stage::Compositor => model.compositor().is_some(),
+            _ => true,
+        };
+        if !needs || items.is_empty() {
+            continue;
+        }
+        let td = TrainingData {
+            items,
+            image_feats: feats.clone(),
+            text: data.text.clone(),
+        };
+        let trainer = StageTrainer::new(&model, &td, losses.clone());
+        let hooks = Hooks {
+            validate: None,
+            on_step: Some(&hook),
+        };
+        train(
+            &trainer,
+            stage,
+            td.items.len(),
+            cfg,
+            &out.join(name),
+            None,
+            &hooks,
+        )?;
+        let m = evaluate(&model, &data, &feats, CirrSplit::Test1)?;
+        log(&format!(
+            "{name} test: R@1 {:.2} Rs@1 {:.2} avg {:.2}",
+            m.recall_at1, m.recall_subset_at1, m.avg
+        ));
+        test.push((name.to_string(), m));
+        lap(name, &mut seconds);
+    }
+    let model_dir = out.join("model");
+    model.save(&model_dir)?;
+    write_tokenizer(&data, &model_dir)?;
+    Ok((model, ToyReport { test, seconds }))
+}
+
+fn write_tokenizer(data: &ToyData, dir: &Path) -> Result<()> {
+    let path = dir.join("tokenizer.json");
+    data.text
+        .tokenizer()
+        .save(&path, false)
+        .map_err(|e| DetailFusionError::Io {
+            path,
+            source: std::io::Error::other(e.to_string()),
+        })
+}

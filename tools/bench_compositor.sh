@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Compositor throughput: Rust (criterion, benches/compositor.rs) against PyTorch eager
+# (tools/bench_compositor_torch.py), same sizes and thread count; prints ms per batch,
+# queries/s and the ratio torch time / our time (> 1: we are faster).
+#
+#   tools/bench_compositor.sh                 # 2 threads
+#   THREADS=1 tools/bench_compositor.sh
+#   TORCH_PY=/path/to/python tools/bench_compositor.sh
+#
+# TORCH_PY defaults to the first of these that imports torch:
+#   /root/.cache/detailfusion-peer/bin/python        (PyTorch 2.x, MKL)
+#   /root/.cache/detailfusion-peer-light/bin/python  (torch 1.13 from Debian: reference BLAS, slow)
+# OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are unset for both runs. The machine should be idle:
+# the load average is printed before and after; rerun when it is above ~0.5.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+THREADS="${THREADS:-2}"
+if [[ -z "${TORCH_PY:-}" ]]; then
+  for py in /root/.cache/detailfusion-peer/bin/python /root/.cache/detailfusion-peer-light/bin/python python3; do
+    if "$py" -c "import torch" 2>/dev/null; then TORCH_PY="$py"; break; fi
+  done
+fi
+: "${TORCH_PY:?no Python with torch found; set TORCH_PY}"
+unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE
+OUT="$(mktemp -d)"
+trap 'rm -rf "$OUT"' EXIT
+
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)   threads: $THREADS   cpus: $(nproc)"
+rm -rf target/criterion/compositor
+RAYON_NUM_THREADS="$THREADS" cargo bench --bench compositor 2>&1 | grep -E '^compositor/|time:|thrpt:' || true
+echo
+OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" "$TORCH_PY" tools/bench_compositor_torch.py \
+  --threads "$THREADS" --json "$OUT/torch.json"
+echo "load average after:  $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+
+"$TORCH_PY" - "$OUT/torch.json" <<'EOF'
+import json, os, sys
+
+torch_res = json.load(open(sys.argv[1]))
+info = torch_res["info"]
+print(f"torch {info['torch']} ({info['threads']} threads) vs candle; median time per batch")
+print(f"| benchmark | ours ms | torch ms | ours queries/s | torch queries/s | torch/ours |")
+print(f"|---|---:|---:|---:|---:|---:|")
+for kind in ("forward", "fwd_bwd"):
+    for b in (1, 32, 256):
+        key = f"compositor/{kind}/b{b}"
+        path = os.path.join("target", "criterion", "compositor", kind, f"b{b}", "new", "estimates.json")
+        ours = json.load(open(path))["median"]["point_estimate"] / 1e9 if os.path.exists(path) else None
+        theirs = torch_res["results"].get(key, {}).get("seconds")
+        fmt = lambda s, f: f.format(s) if s is not None else "-"
+        ratio = theirs / ours if ours and theirs else None
+        print(f"| {key} | {fmt(ours and ours * 1e3, '{:.3f}')} | {fmt(theirs and theirs * 1e3, '{:.3f}')} "
+              f"| {fmt(ours and b / ours, '{:.0f}')} | {fmt(theirs and b / theirs, '{:.0f}')} | {fmt(ratio, '{:.2f}')} |")
+EOF
