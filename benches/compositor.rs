@@ -110,11 +110,16 @@ fn bench_compositor(c: &mut Criterion) {
             let diff = (proto.forward(&di, &gm).expect("absorbed") - &out.feature)
                 .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
                 .expect("diff");
-            assert!(diff < 1e-4, "absorbed prototype differs from the compositor by {diff}");
+            assert!(
+                diff < 1e-4,
+                "absorbed prototype differs from the compositor by {diff}"
+            );
             group.bench_with_input(
                 BenchmarkId::new("forward_absorbed", format!("b{batch}")),
                 &(&di, &gm),
-                |b, (di, gm)| b.iter(|| black_box(proto.forward(black_box(di), black_box(gm)).expect("absorbed"))),
+                |b, (di, gm)| {
+                    b.iter(|| black_box(proto.forward(black_box(di), black_box(gm)).expect("absorbed")))
+                },
             );
         }
 
@@ -195,7 +200,12 @@ mod absorbed {
         fn forward(&self, query: &Tensor, tokens: &Tensor, tokens_t: &Tensor) -> Result<Tensor> {
             let (b, p) = query.dims2()?;
             let (h, d) = (self.heads, p / self.heads);
-            let q = self.q_proj.forward(query)?.reshape((b, h, d))?.transpose(0, 1)?.contiguous()?; // [H, B, d]
+            let q = self
+                .q_proj
+                .forward(query)?
+                .reshape((b, h, d))?
+                .transpose(0, 1)?
+                .contiguous()?; // [H, B, d]
             let u = (q.matmul(&self.wk)?.transpose(0, 1)?.contiguous()? * self.scale)?; // [B, H, P]
             let probs = softmax_last_dim(&u.matmul(tokens_t)?)?; // [B, H, T]
             let pooled = probs.matmul(tokens)?.transpose(0, 1)?.contiguous()?; // [H, B, P]
@@ -224,7 +234,9 @@ mod absorbed {
     impl Compositor {
         pub fn new(cfg: &CompositorConfig, w: &Weights) -> Result<Self> {
             let (p, h) = (cfg.hidden_size, cfg.num_attention_heads);
-            let ln = |n: &str| -> (Tensor, Tensor) { (w[&format!("{n}.weight")].clone(), w[&format!("{n}.bias")].clone()) };
+            let ln = |n: &str| -> (Tensor, Tensor) {
+                (w[&format!("{n}.weight")].clone(), w[&format!("{n}.bias")].clone())
+            };
             let block = |b: &str| -> Result<Block> {
                 let n = format!("fine_grained.{b}");
                 Ok(Block {
@@ -245,8 +257,15 @@ mod absorbed {
             })
         }
 
-        fn block(&self, blk: &Block, q: &Tensor, own: (&Tensor, &Tensor), other: (&Tensor, &Tensor)) -> Result<Tensor> {
-            let x = ((q + blk.opposite.forward(q, other.0, other.1)?)? + blk.same.forward(q, own.0, own.1)?)?;
+        fn block(
+            &self,
+            blk: &Block,
+            q: &Tensor,
+            own: (&Tensor, &Tensor),
+            other: (&Tensor, &Tensor),
+        ) -> Result<Tensor> {
+            let x =
+                ((q + blk.opposite.forward(q, other.0, other.1)?)? + blk.same.forward(q, own.0, own.1)?)?;
             let c = candle_nn::ops::layer_norm(&x, &blk.norm.0, &blk.norm.1, self.eps)?;
             let hdn = blk.fc2.forward(&blk.fc1.forward(&c)?.gelu_erf()?)?;
             candle_nn::ops::layer_norm(&(c + hdn)?, &blk.ffn_norm.0, &blk.ffn_norm.1, self.eps)
@@ -258,9 +277,12 @@ mod absorbed {
             let t_gm = (&gm.tokens, &gm.tokens.transpose(1, 2)?);
             let c_di = self.block(&self.di, &di.global, t_di, t_gm)?;
             let c_gm = self.block(&self.gm, &gm.global, t_gm, t_di)?;
-            let logits = self.fc2.forward(&self.fc1.forward(&Tensor::cat(&[&c_di, &c_gm], 1)?)?.gelu_erf()?)?;
+            let logits = self
+                .fc2
+                .forward(&self.fc1.forward(&Tensor::cat(&[&c_di, &c_gm], 1)?)?.gelu_erf()?)?;
             let a = softmax_last_dim(&logits)?;
-            let mixed = (di.global.broadcast_mul(&a.narrow(1, 0, 1)?)? + gm.global.broadcast_mul(&a.narrow(1, 1, 1)?)?)?;
+            let mixed = (di.global.broadcast_mul(&a.narrow(1, 0, 1)?)?
+                + gm.global.broadcast_mul(&a.narrow(1, 1, 1)?)?)?;
             l2_normalize(&mixed)
         }
     }

@@ -6,11 +6,15 @@
 #   tools/bench_compositor.sh                 # 2 threads
 #   THREADS=1 tools/bench_compositor.sh
 #   TORCH_PY=/path/to/python tools/bench_compositor.sh
+#   ABSORBED=1 tools/bench_compositor.sh      # also the folded-attention prototype (forward only)
+#   MALLOC_TUNED=0 tools/bench_compositor.sh  # keep glibc's default malloc trimming
 #
 # TORCH_PY defaults to the first of these that imports torch:
 #   /root/.cache/detailfusion-peer/bin/python        (PyTorch 2.x, MKL)
 #   /root/.cache/detailfusion-peer-light/bin/python  (torch 1.13 from Debian: reference BLAS, slow)
-# OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are unset for both runs. The machine should be idle:
+# OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are unset for both runs. Unless MALLOC_TUNED=0, both
+# run with GLIBC_TUNABLES that stop glibc from returning freed memory to the kernel after every
+# step (candle allocates a fresh buffer per op; without it page faults take ~30% of fwd_bwd). The machine should be idle:
 # the load average is printed before and after; rerun when it is above ~0.5.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,10 +27,14 @@ if [[ -z "${TORCH_PY:-}" ]]; then
 fi
 : "${TORCH_PY:?no Python with torch found; set TORCH_PY}"
 unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE
+if [[ "${MALLOC_TUNED:-1}" != 0 ]]; then
+  export GLIBC_TUNABLES="glibc.malloc.trim_threshold=1073741824:glibc.malloc.mmap_threshold=33554432:glibc.malloc.top_pad=268435456"
+fi
+if [[ "${ABSORBED:-0}" != 0 ]]; then export DF_BENCH_ABSORBED=1; fi
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
 
-echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)   threads: $THREADS   cpus: $(nproc)"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)   threads: $THREADS   cpus: $(nproc)   GLIBC_TUNABLES=${GLIBC_TUNABLES:-}"
 rm -rf target/criterion/compositor
 RAYON_NUM_THREADS="$THREADS" cargo bench --bench compositor 2>&1 | grep -E '^compositor/|time:|thrpt:' || true
 echo
@@ -43,12 +51,15 @@ info = torch_res["info"]
 print(f"torch {info['torch']} ({info['threads']} threads) vs candle; median time per batch")
 print(f"| benchmark | ours ms | torch ms | ours queries/s | torch queries/s | torch/ours |")
 print(f"|---|---:|---:|---:|---:|---:|")
-for kind in ("forward", "fwd_bwd"):
+for kind in ("forward", "fwd_bwd", "forward_absorbed"):
     for b in (1, 32, 256):
         key = f"compositor/{kind}/b{b}"
         path = os.path.join("target", "criterion", "compositor", kind, f"b{b}", "new", "estimates.json")
-        ours = json.load(open(path))["median"]["point_estimate"] / 1e9 if os.path.exists(path) else None
-        theirs = torch_res["results"].get(key, {}).get("seconds")
+        if not os.path.exists(path):
+            continue
+        ours = json.load(open(path))["median"]["point_estimate"] / 1e9
+        # the prototype is compared with torch's plain forward
+        theirs = torch_res["results"].get(key.replace("_absorbed", ""), {}).get("seconds")
         fmt = lambda s, f: f.format(s) if s is not None else "-"
         ratio = theirs / ours if ours and theirs else None
         print(f"| {key} | {fmt(ours and ours * 1e3, '{:.3f}')} | {fmt(theirs and theirs * 1e3, '{:.3f}')} "
