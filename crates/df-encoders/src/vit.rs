@@ -3,7 +3,7 @@
 //! (LAVIS `ln_vision`). Weight names follow Hugging Face `Blip2VisionModel`.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
 use crate::config::VisionConfig;
 use crate::nn::{attention, LayerNorm};
@@ -12,7 +12,10 @@ use crate::nn::{attention, LayerNorm};
 #[derive(Debug, Clone)]
 pub struct VisionEmbeddings {
     class_embedding: Tensor,
-    patch_embedding: Conv2d,
+    /// The stride-`p` convolution as a linear map over flattened `(c, kh, kw)` patches: the
+    /// same numbers as `Conv2d`, but a plain GEMM forwards and backwards.
+    patch_embedding: Linear,
+    patch_size: usize,
     position_embedding: Tensor,
 }
 
@@ -21,27 +24,35 @@ impl VisionEmbeddings {
     pub fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
         let class_embedding = vb.get((1, 1, d), "class_embedding")?;
-        let conv_cfg = Conv2dConfig {
-            stride: cfg.patch_size,
-            ..Default::default()
-        };
-        let patch_embedding = candle_nn::conv2d(3, d, cfg.patch_size, conv_cfg, vb.pp("patch_embedding"))?;
+        let p = cfg.patch_size;
+        let weight = vb.get_with_hints(
+            (d, 3, p, p),
+            "patch_embedding.weight",
+            candle_nn::init::DEFAULT_KAIMING_NORMAL,
+        )?;
+        let bias = vb.get_with_hints(d, "patch_embedding.bias", candle_nn::Init::Const(0.0))?;
+        let patch_embedding = Linear::new(weight.reshape((d, 3 * p * p))?, Some(bias));
         let position_embedding = vb.get((1, cfg.num_positions(), d), "position_embedding")?;
         Ok(Self {
             class_embedding,
             patch_embedding,
+            patch_size: p,
             position_embedding,
         })
     }
 
     /// `[B, 3, H, W]` pixels → `[B, 1 + H·W/p², D]` tokens.
     pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        let b = pixel_values.dim(0)?;
-        let patches = self
-            .patch_embedding
-            .forward(pixel_values)?
-            .flatten_from(2)?
-            .transpose(1, 2)?;
+        let (b, c, h, w) = pixel_values.dims4()?;
+        let p = self.patch_size;
+        let (gh, gw) = (h / p, w / p);
+        let unfolded = pixel_values
+            .narrow(2, 0, gh * p)?
+            .narrow(3, 0, gw * p)?
+            .reshape((b, c, gh, p, gw, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .reshape((b, gh * gw, c * p * p))?;
+        let patches = self.patch_embedding.forward(&unfolded)?;
         let d = patches.dim(2)?;
         let cls = self.class_embedding.broadcast_as((b, 1, d))?;
         let tokens = Tensor::cat(&[&cls, &patches], 1)?;
