@@ -29,6 +29,8 @@ pub struct ToyPreset {
     pub model: Option<DetailFusionConfig>,
     /// Stage 0 (image–text contrastive pretraining).
     pub stage0: TrainerConfig,
+    /// At most this many training images for stage 0 (an even subsample), to bound its time.
+    pub stage0_max_images: usize,
     /// Stage 1 (DI on atomic edits); `None` skips it (the "without stage 1" ablation).
     pub stage1: Option<TrainerConfig>,
     /// Stage 2 (joint).
@@ -58,12 +60,13 @@ fn stage_cfg(epochs: usize, batch: usize, lr: f64, seed: u64) -> TrainerConfig {
 
 impl Default for ToyPreset {
     fn default() -> Self {
-        let world = ToyConfig::default().with_counts(2000, 200, 300);
+        let world = ToyConfig::default().with_counts(1500, 200, 300);
         Self {
             world,
             blip2: toy_blip2(64, 100),
             model: None,
-            stage0: stage_cfg(6, 64, 1e-3, 0),
+            stage0: stage_cfg(4, 64, 1e-3, 0),
+            stage0_max_images: 6000,
             stage1: Some(stage_cfg(3, 32, 3e-4, 1)),
             stage2: stage_cfg(4, 32, 3e-4, 2),
             stage3: stage_cfg(6, 64, 1e-3, 3),
@@ -302,7 +305,11 @@ pub fn run(preset: &ToyPreset, out: &Path, log: &dyn Fn(&str)) -> Result<(Detail
     let mut blip2 = preset.blip2.clone();
     blip2.qformer_config.vocab_size = data.text.vocab_size();
     blip2.vision_config.image_size = preset.world.image_size as usize;
-    let rows = data.train_rows();
+    let mut rows = data.train_rows();
+    if rows.len() > preset.stage0_max_images && preset.stage0_max_images > 0 {
+        let step = rows.len() as f64 / preset.stage0_max_images as f64;
+        rows = (0..preset.stage0_max_images).map(|i| rows[(i as f64 * step) as usize]).collect();
+    }
     let ids = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &dev)?;
     let pre = ItcPretrainer::new(
         blip2.clone(),
