@@ -31,6 +31,9 @@ pub struct ToyPreset {
     pub stage0: TrainerConfig,
     /// At most this many training images for stage 0 (an even subsample), to bound its time.
     pub stage0_max_images: usize,
+    /// Reuse this stage-0 BLIP-2 checkpoint (a directory written by an earlier run's
+    /// `blip2/`) instead of training one; ablations share one stand-in backbone this way.
+    pub stage0_checkpoint: Option<std::path::PathBuf>,
     /// Stage 1 (DI on atomic edits); `None` skips it (the "without stage 1" ablation).
     pub stage1: Option<TrainerConfig>,
     /// Stage 2 (joint).
@@ -60,16 +63,17 @@ fn stage_cfg(epochs: usize, batch: usize, lr: f64, seed: u64) -> TrainerConfig {
 
 impl Default for ToyPreset {
     fn default() -> Self {
-        let world = ToyConfig::default().with_counts(1500, 200, 300);
+        let world = ToyConfig::default().with_counts(2500, 200, 300);
         Self {
             world,
             blip2: toy_blip2(64, 100),
             model: None,
             stage0: stage_cfg(4, 64, 1e-3, 0),
             stage0_max_images: 6000,
-            stage1: Some(stage_cfg(3, 32, 3e-4, 1)),
-            stage2: stage_cfg(4, 32, 3e-4, 2),
-            stage3: stage_cfg(6, 64, 1e-3, 3),
+            stage0_checkpoint: None,
+            stage1: Some(stage_cfg(6, 32, 3e-4, 1)),
+            stage2: stage_cfg(8, 32, 3e-4, 2),
+            stage3: stage_cfg(10, 64, 1e-3, 3),
             losses: LossConfig::default(),
         }
     }
@@ -302,40 +306,22 @@ pub fn run(preset: &ToyPreset, out: &Path, log: &dyn Fn(&str)) -> Result<(Detail
     ));
     lap("world", &mut seconds);
 
+    let hook = |v: &serde_json::Value| log(&format!("{v}"));
     let mut blip2 = preset.blip2.clone();
     blip2.qformer_config.vocab_size = data.text.vocab_size();
     blip2.vision_config.image_size = preset.world.image_size as usize;
-    let mut rows = data.train_rows();
-    if rows.len() > preset.stage0_max_images && preset.stage0_max_images > 0 {
-        let step = rows.len() as f64 / preset.stage0_max_images as f64;
-        rows = (0..preset.stage0_max_images).map(|i| rows[(i as f64 * step) as usize]).collect();
-    }
-    let ids = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &dev)?;
-    let pre = ItcPretrainer::new(
-        blip2.clone(),
-        data.pixels.index_select(&ids, 0)?,
-        rows.iter().map(|&r| data.captions[r].clone()).collect(),
-        data.text.clone(),
-        &dev,
-    )?;
-    let hook = |v: &serde_json::Value| log(&format!("{v}"));
-    let hooks_pre = Hooks {
-        validate: None,
-        on_step: Some(&hook),
+    let blip2_dir = match &preset.stage0_checkpoint {
+        Some(dir) => {
+            log(&format!("stage 0: reusing {}", dir.display()));
+            dir.clone()
+        }
+        None => {
+            let dir = out.join("blip2");
+            pretrain(preset, &data, &blip2, &out.join("stage0"), &dir, &hook)?;
+            dir
+        }
     };
-    train(
-        &pre,
-        Stage::Itc,
-        rows.len(),
-        &preset.stage0,
-        &out.join("stage0"),
-        None,
-        &hooks_pre,
-    )?;
-    let blip2_dir = out.join("blip2");
-    pre.save_hf(&blip2_dir)?;
-    write_tokenizer(&data, &blip2_dir)?;
-    drop(pre);
+    let blip2 = Blip2Config::from_file(blip2_dir.join("config.json"))?;
     lap("stage0", &mut seconds);
 
     let mut cfg = preset
@@ -413,4 +399,47 @@ fn write_tokenizer(data: &ToyData, dir: &Path) -> Result<()> {
             path,
             source: std::io::Error::other(e.to_string()),
         })
+}
+
+/// Stage 0 on an even subsample of the training images; writes a Hugging Face checkpoint
+/// (with the tokenizer) to `dir`.
+fn pretrain(
+    preset: &ToyPreset,
+    data: &ToyData,
+    blip2: &Blip2Config,
+    run_dir: &Path,
+    dir: &Path,
+    hook: &dyn Fn(&serde_json::Value),
+) -> Result<()> {
+    let mut rows = data.train_rows();
+    if rows.len() > preset.stage0_max_images && preset.stage0_max_images > 0 {
+        let step = rows.len() as f64 / preset.stage0_max_images as f64;
+        rows = (0..preset.stage0_max_images)
+            .map(|i| rows[(i as f64 * step) as usize])
+            .collect();
+    }
+    let dev = data.pixels.device().clone();
+    let ids = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &dev)?;
+    let pre = ItcPretrainer::new(
+        blip2.clone(),
+        data.pixels.index_select(&ids, 0)?,
+        rows.iter().map(|&r| data.captions[r].clone()).collect(),
+        data.text.clone(),
+        &dev,
+    )?;
+    let hooks = Hooks {
+        validate: None,
+        on_step: Some(hook),
+    };
+    train(
+        &pre,
+        Stage::Itc,
+        rows.len(),
+        &preset.stage0,
+        run_dir,
+        None,
+        &hooks,
+    )?;
+    pre.save_hf(dir)?;
+    write_tokenizer(data, dir)
 }
