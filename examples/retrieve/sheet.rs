@@ -78,11 +78,6 @@ pub fn draw_text(img: &mut RgbImage, x: u32, y: u32, text: &str, scale: u32, col
     cx
 }
 
-/// Width in pixels of `text` at `scale`.
-pub fn text_width(text: &str, scale: u32) -> u32 {
-    text.chars().count() as u32 * 6 * scale
-}
-
 /// Fills a rectangle, clipped to the image.
 pub fn fill(img: &mut RgbImage, x: u32, y: u32, w: u32, h: u32, color: Rgb<u8>) {
     for yy in y..(y + h).min(img.height()) {
@@ -139,19 +134,42 @@ pub fn contact_sheet(reference: &RgbImage, text: &str, footer: &str, tiles: &[Ti
     let dark = Rgb([30, 30, 30]);
     draw_text(&mut img, pad, 8, "QUERY", 2, dark);
     for (i, line) in text_lines.iter().enumerate() {
-        draw_text(&mut img, pad + tile + pad + 8, 8 + i as u32 * 18, line, 2, Rgb([20, 60, 160]));
+        draw_text(
+            &mut img,
+            pad + tile + pad + 8,
+            8 + i as u32 * 18,
+            line,
+            2,
+            Rgb([20, 60, 160]),
+        );
     }
     let paste = |img: &mut RgbImage, src: &RgbImage, x: u32| {
         let scaled = image::imageops::resize(src, tile, tile, image::imageops::FilterType::Nearest);
         image::imageops::replace(img, &scaled, x as i64, header as i64);
     };
     paste(&mut img, reference, pad);
-    frame(&mut img, pad - 3, header - 3, tile + 6, tile + 6, 3, Rgb([20, 60, 160]));
+    frame(
+        &mut img,
+        pad - 3,
+        header - 3,
+        tile + 6,
+        tile + 6,
+        3,
+        Rgb([20, 60, 160]),
+    );
     for (i, t) in tiles.iter().enumerate() {
         let x = pad + (tile + pad) * (i as u32 + 1) + 8;
         paste(&mut img, t.image, x);
         if t.correct {
-            frame(&mut img, x - 4, header - 4, tile + 8, tile + 8, 4, Rgb([20, 170, 60]));
+            frame(
+                &mut img,
+                x - 4,
+                header - 4,
+                tile + 8,
+                tile + 8,
+                4,
+                Rgb([20, 170, 60]),
+            );
         }
         draw_text(&mut img, x, header + tile + 8, &t.caption, 1, dark);
         if t.correct {

@@ -124,6 +124,17 @@ pub struct ToyData {
 impl ToyData {
     /// Generates and renders the world of `cfg`.
     pub fn generate(cfg: &ToyConfig, device: &Device) -> Result<Self> {
+        Self::generate_splits(cfg, &CirrSplit::ALL, true, device)
+    }
+
+    /// Like [`ToyData::generate`], but renders only the images of `splits` (and of the edit
+    /// pairs when `edits`), e.g. just the test split for evaluation.
+    pub fn generate_splits(
+        cfg: &ToyConfig,
+        splits: &[CirrSplit],
+        edits: bool,
+        device: &Device,
+    ) -> Result<Self> {
         let world = ToyWorld::generate(cfg).map_err(data_err)?;
         let tokenizer = df_data::toy::build_tokenizer().map_err(data_err)?;
         // Padding to the batch's longest text gives the same features as padding to 32
@@ -135,8 +146,10 @@ impl ToyData {
         let all = world
             .splits
             .iter()
+            .filter(|s| splits.contains(&s.split))
             .flat_map(|s| s.images.iter().map(|i| &i.scene));
-        let edits = world.edit_pairs.iter().flat_map(|p| [&p.original, &p.edited]);
+        let pairs = if edits { &world.edit_pairs[..] } else { &[] };
+        let edits = pairs.iter().flat_map(|p| [&p.original, &p.edited]);
         for scene in all.chain(edits) {
             index.entry(scene.key()).or_insert_with(|| {
                 scenes.push(scene);
