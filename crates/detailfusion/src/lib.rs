@@ -13,6 +13,7 @@
 
 mod config;
 mod error;
+pub mod index;
 mod init;
 mod model;
 mod pretrain;

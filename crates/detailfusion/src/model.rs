@@ -396,6 +396,73 @@ impl DetailFusion {
             _ => Ok(max_token_scores(&queries.feature, &gallery.tokens)?),
         }
     }
+
+    /// Identity of the gallery encoder, as 16 hex digits: FNV-1a 64 over the config JSON, all
+    /// bytes of the gallery encoder's `query_tokens` and `vision_projection.*` (DI's, or GM's
+    /// for a GM-only model, plus `gm_gallery.*` under [`GalleryMode::PerBranch`]), and the names,
+    /// shapes and 64 evenly spaced values of every other tensor the gallery features depend on
+    /// (`vision_model.*` and the gallery encoders' Q-Formers). Two models whose gallery
+    /// features differ have different fingerprints (a gallery index records it to refuse
+    /// queries from another model); query-side-only weights (`text_projection`,
+    /// `token_projection`, prompts, temperatures, the compositor) do not enter it.
+    pub fn fingerprint(&self) -> String {
+        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        fn feed(h: &mut u64, bytes: &[u8]) {
+            for &b in bytes {
+                *h = (*h ^ u64::from(b)).wrapping_mul(PRIME);
+            }
+        }
+        fn values(t: &Tensor, all: bool) -> candle_core::Result<Vec<f32>> {
+            let flat = t.flatten_all()?;
+            let n = flat.elem_count();
+            let flat = if all || n <= 64 {
+                flat
+            } else {
+                let idx: Vec<u32> = (0..64).map(|i| (i * n / 64) as u32).collect();
+                flat.index_select(&Tensor::new(idx.as_slice(), flat.device())?, 0)?
+            };
+            flat.to_dtype(DType::F32)?.to_vec1::<f32>()
+        }
+        let mut h = OFFSET;
+        feed(&mut h, b"detailfusion-fingerprint-1\0");
+        feed(
+            &mut h,
+            serde_json::to_string(&self.config).unwrap_or_default().as_bytes(),
+        );
+        let mut prefixes = vec!["vision_model."];
+        prefixes.push(if self.di.is_some() { "di." } else { "gm." });
+        if self.gm_gallery.is_some() {
+            prefixes.push("gm_gallery.");
+        }
+        let query_only = [
+            "text_projection",
+            "token_projection",
+            "prompt",
+            "temp",
+            "word_embeddings",
+        ];
+        let mut tensors: Vec<(String, Tensor)> = self
+            .named_tensors()
+            .into_iter()
+            .filter(|(n, _)| prefixes.iter().any(|p| n.starts_with(p)))
+            .filter(|(n, _)| !query_only.iter().any(|q| n.contains(q)))
+            .collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, t) in &tensors {
+            let all = name.ends_with("query_tokens") || name.contains("vision_projection");
+            feed(&mut h, name.as_bytes());
+            feed(&mut h, &[0]);
+            for d in t.dims() {
+                feed(&mut h, &(*d as u64).to_le_bytes());
+            }
+            match values(t, all) {
+                Ok(v) => v.iter().for_each(|x| feed(&mut h, &x.to_le_bytes())),
+                Err(e) => feed(&mut h, e.to_string().as_bytes()),
+            }
+        }
+        format!("{h:016x}")
+    }
 }
 
 /// Maps `prefix + name` onto BLIP-2 names: the hybrid encoder's own names, `token_projection`

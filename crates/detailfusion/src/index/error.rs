@@ -1,0 +1,139 @@
+//! Errors of the gallery index.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while building, loading, saving, updating or searching a
+/// [`crate::index::GalleryIndex`]. Each variant names the file, image or entry at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// A file or folder could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not a DetailFusion index (another format, or another kind of safetensors
+    /// file).
+    #[error("{}: not a detailfusion index: {message}", path.display())]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// Why it was not recognised.
+        message: String,
+    },
+    /// The file is a DetailFusion index of a version this build cannot read.
+    #[error("{}: detailfusion index version {found} is not supported (this build reads version {supported})", path.display())]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// The version in the file.
+        found: String,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// The file is a DetailFusion index but is truncated or damaged.
+    #[error("{}: corrupt index: entry `{entry}`: {message}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The header key or tensor at fault (`header`, `tokens`, `names`, …).
+        entry: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The index was built by another model (or another version of its gallery encoder).
+    #[error(
+        "index{} was built by model {index_fingerprint} but the model given has fingerprint \
+         {model_fingerprint}: re-index the gallery with this model or load the model that built it",
+        path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default()
+    )]
+    ModelMismatch {
+        /// The index file, when it came from one.
+        path: Option<PathBuf>,
+        /// Fingerprint stored in the index.
+        index_fingerprint: String,
+        /// Fingerprint of the model given.
+        model_fingerprint: String,
+    },
+    /// A gallery folder holds no image that could be indexed.
+    #[error("gallery {}: no images found{}", dir.display(), detail(*failed))]
+    EmptyGallery {
+        /// The folder.
+        dir: PathBuf,
+        /// How many image files were found but could not be read.
+        failed: usize,
+    },
+    /// An image (e.g. a query's reference image) could not be read or decoded.
+    #[error("image {}: {message}", path.display())]
+    Image {
+        /// The image file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A name given to remove or exclude is not in the index.
+    #[error("image `{name}` is not in the index")]
+    UnknownImage {
+        /// The name (relative path) asked for.
+        name: String,
+    },
+    /// An image name is already in the index.
+    #[error("image `{name}` is already in the index")]
+    Duplicate {
+        /// The name (relative path).
+        name: String,
+    },
+    /// Searching an index that holds no image.
+    #[error("the index holds no image")]
+    EmptyIndex,
+    /// An argument has the wrong shape or value.
+    #[error("input `{name}`: {message}")]
+    Input {
+        /// The argument.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// From the model (encoding images or queries).
+    #[error(transparent)]
+    Model(Box<crate::DetailFusionError>),
+    /// A computation error.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+fn detail(failed: usize) -> String {
+    if failed == 0 {
+        String::new()
+    } else {
+        format!(" ({failed} image file(s) could not be read)")
+    }
+}
+
+impl From<crate::DetailFusionError> for IndexError {
+    fn from(e: crate::DetailFusionError) -> Self {
+        Self::Model(Box::new(e))
+    }
+}
+
+/// Result alias of the index.
+pub type Result<T> = std::result::Result<T, IndexError>;
+
+impl IndexError {
+    pub(crate) fn input(name: &str, message: impl ToString) -> Self {
+        Self::Input {
+            name: name.to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    pub(crate) fn corrupt(path: &std::path::Path, entry: &str, message: impl ToString) -> Self {
+        Self::Corrupt {
+            path: path.to_path_buf(),
+            entry: entry.to_string(),
+            message: message.to_string(),
+        }
+    }
+}
