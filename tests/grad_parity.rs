@@ -219,12 +219,7 @@ fn stage3_compositor_fused_feature_loss_and_gradients() {
         .unwrap()
         .tokens
         .detach();
-    let detach = |b: &detailfusion::BranchOutput| detailfusion::BranchOutput {
-        global: b.global.detach(),
-        tokens: b.tokens.detach(),
-        pass1_queries: b.pass1_queries.detach(),
-    };
-    let (d, g) = (detach(q.di.as_ref().unwrap()), detach(q.gm.as_ref().unwrap()));
+    let (d, g) = (q.di.as_ref().unwrap().detach(), q.gm.as_ref().unwrap().detach());
     let (c_di, c_gm) = model.compositor().unwrap().context(&d, &g).unwrap().unwrap();
     check("c_di", &c_di, &e["c_di"]);
     check("c_gm", &c_gm, &e["c_gm"]);

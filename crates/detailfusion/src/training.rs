@@ -81,8 +81,8 @@ impl<'a> StageTrainer<'a> {
                     "stage 3 needs both branches".into(),
                 ));
             };
-            parts.0.push(detach(di)?);
-            parts.1.push(detach(gm)?);
+            parts.0.push(di.detach());
+            parts.1.push(gm.detach());
             parts.2.push(self.model.encode_image_embeds(&t)?.tokens.detach());
         }
         let cat = |v: Vec<BranchOutput>| -> candle_core::Result<BranchOutput> {
@@ -171,14 +171,6 @@ impl<'a> StageTrainer<'a> {
             _ => Err(crate::DetailFusionError::Variant("model has no branch".into())),
         }
     }
-}
-
-fn detach(b: BranchOutput) -> candle_core::Result<BranchOutput> {
-    Ok(BranchOutput {
-        global: b.global.detach(),
-        tokens: b.tokens.detach(),
-        pass1_queries: b.pass1_queries.detach(),
-    })
 }
 
 impl StageModel for StageTrainer<'_> {

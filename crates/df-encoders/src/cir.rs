@@ -17,6 +17,17 @@ pub struct BranchOutput {
     pub pass1_queries: Tensor,
 }
 
+impl BranchOutput {
+    /// The same output cut from the graph (for frozen branches, e.g. cached in stage 3).
+    pub fn detach(&self) -> Self {
+        Self {
+            global: self.global.detach(),
+            tokens: self.tokens.detach(),
+            pass1_queries: self.pass1_queries.detach(),
+        }
+    }
+}
+
 /// A composed query after fusion.
 #[derive(Debug, Clone)]
 pub struct FusedQuery {

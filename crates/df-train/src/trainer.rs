@@ -133,10 +133,13 @@ pub struct TrainSummary {
     pub stopped_early: bool,
 }
 
+/// Validation callback: a value to maximise.
+pub type Validate<'a, M> = &'a dyn Fn(&M) -> Result<f64>;
+
 /// Callbacks of a run.
 pub struct Hooks<'a, M> {
     /// Validation after each epoch; higher is better.
-    pub validate: Option<&'a dyn Fn(&M) -> Result<f64>>,
+    pub validate: Option<Validate<'a, M>>,
     /// Called with each step's JSON log line (also written to `log.jsonl`).
     pub on_step: Option<&'a dyn Fn(&serde_json::Value)>,
 }
