@@ -11,6 +11,7 @@
 //! Shapes in the docs use `B` queries, `N` gallery images, `Q` tokens per image (32), `P`
 //! embedding width (256).
 
+pub mod benchmarks;
 mod config;
 mod error;
 pub mod index;

@@ -1,0 +1,138 @@
+//! Evaluates a DetailFusion model the way the benchmarks do (SPEC §6).
+//!
+//! ```sh
+//! cargo run --release --example evaluate -- --dataset toy                       # shipped demo model
+//! cargo run --release --example evaluate -- --dataset cirr --split val --data-root CIRR --model runs/cirr/model
+//! cargo run --release --example evaluate -- --dataset cirr --split test1 --data-root CIRR --model M --submission-dir out/
+//! cargo run --release --example evaluate -- --dataset fashioniq --data-root FIQ --model M
+//! ```
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::Parser;
+use detailfusion::benchmarks::{cirr_submission, evaluate_cirr, evaluate_fashioniq};
+use detailfusion::data::cirr::{CirrDataset, CirrSplit};
+use detailfusion::data::fashioniq::{Category, FashionIqDataset, FiqSplit};
+use detailfusion::data::LoadOptions;
+use detailfusion::toy::{evaluate, vit_features, ToyData, ToyPreset};
+use detailfusion::{DetailFusion, TextProcessor};
+
+#[derive(Parser, Debug)]
+#[command(about = "Evaluate DetailFusion on CIRR, Fashion IQ or the toy world")]
+struct Args {
+    /// `cirr`, `fashioniq` or `toy`.
+    #[arg(long, default_value = "toy")]
+    dataset: String,
+    /// `val` or `test1` (CIRR), `val` (Fashion IQ), `val` or `test` (toy).
+    #[arg(long, default_value = "val")]
+    split: String,
+    /// Dataset root (CIRR: `captions/`, `image_splits/` and the images; Fashion IQ: `captions/`,
+    /// `image_splits/`, `images/`).
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+    /// A saved DetailFusion model directory (default: the shipped demo model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// CIRR test1: where to write the two evaluation-server files.
+    #[arg(long)]
+    submission_dir: Option<PathBuf>,
+    /// Name inside the submission file names.
+    #[arg(long, default_value = "detailfusion")]
+    submission_name: String,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let dev = Device::Cpu;
+    let model_dir = args
+        .model
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/demo"));
+    let model = DetailFusion::load(&model_dir, &dev)?;
+    let text = TextProcessor::from_file(model_dir.join("tokenizer.json"))?
+        .with_max_txt_len(model.config().max_txt_len)?;
+    let log = |m: &str| eprintln!("{m}");
+    let root = || {
+        args.data_root
+            .clone()
+            .context("--data-root is required for this dataset")
+    };
+    match args.dataset.as_str() {
+        "toy" => {
+            let path = model_dir.join("toy_preset.json");
+            let preset: ToyPreset = serde_json::from_str(
+                &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+            )?;
+            let split = match args.split.as_str() {
+                "val" => CirrSplit::Val,
+                "test" | "test1" => CirrSplit::Test1,
+                s => bail!("--split {s}: the toy world has val and test"),
+            };
+            let data = ToyData::generate_splits(&preset.world, &[split], false, &dev)?;
+            let feats = vit_features(&model, &data.pixels)?;
+            print_cirr(&evaluate(&model, &data, &feats, split)?);
+        }
+        "cirr" => {
+            let split = match args.split.as_str() {
+                "val" => CirrSplit::Val,
+                "test1" | "test" => CirrSplit::Test1,
+                s => bail!("--split {s}: CIRR evaluation uses val or test1"),
+            };
+            let data = CirrDataset::load(root()?, split, &LoadOptions::default())?;
+            if split == CirrSplit::Test1 {
+                let dir = args
+                    .submission_dir
+                    .clone()
+                    .context("--submission-dir is required for test1")?;
+                let files = cirr_submission(&model, &text, &data, &dir, &args.submission_name, &log)?;
+                println!("wrote {files:?}");
+            } else {
+                print_cirr(&evaluate_cirr(&model, &text, &data, &log)?);
+            }
+        }
+        "fashioniq" => {
+            if args.split != "val" {
+                bail!("--split {}: Fashion IQ is evaluated on val", args.split);
+            }
+            let root = root()?;
+            let cats = Category::ALL
+                .iter()
+                .map(|&c| FashionIqDataset::load(&root, c, FiqSplit::Val, &LoadOptions::default()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let m = evaluate_fashioniq(&model, &text, &cats, &log)?;
+            for c in &m.categories {
+                println!(
+                    "{:<8} R@10 {:6.2}  R@50 {:6.2}",
+                    c.category, c.recall_at10, c.recall_at50
+                );
+            }
+            println!(
+                "mean     R@10 {:6.2}  R@50 {:6.2}  Avg {:6.2}",
+                m.mean_recall_at10, m.mean_recall_at50, m.avg
+            );
+        }
+        other => bail!("--dataset {other}: use cirr, fashioniq or toy"),
+    }
+    Ok(())
+}
+
+fn print_cirr(m: &detailfusion::train::eval::CirrMetrics) {
+    println!(
+        "{:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}",
+        "R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3", "Avg"
+    );
+    println!(
+        "{:6.2} {:6.2} {:6.2} {:6.2} {:6.2} {:6.2} {:6.2} {:6.2}",
+        m.recall_at1,
+        m.recall_at5,
+        m.recall_at10,
+        m.recall_at50,
+        m.recall_subset_at1,
+        m.recall_subset_at2,
+        m.recall_subset_at3,
+        m.avg
+    );
+    println!("({} queries)", m.queries);
+}
