@@ -219,6 +219,11 @@ fn every_trainable_parameter_gets_a_gradient() {
     );
     cfg.compositor.num_attention_heads = 4;
     let model = DetailFusion::from_blip2(&hf(), Some(cfg), &dev).unwrap();
+    // Both branches start from the same BLIP-2 weights, so q_DI = q_GM and the fusion weights
+    // could not matter; make the branches differ as they do after stage 2.
+    for (_, var) in model.vars(&["gm.text_projection.weight"]) {
+        var.set(&(var.as_tensor() * 1.5).unwrap()).unwrap();
+    }
     let vision = model.vision_features(&x["pixel_values"]).unwrap();
     let (ids, mask) = (&x["input_ids"], &x["attention_mask"]);
     let q = model.encode_query_embeds(&vision, ids, mask).unwrap();
@@ -259,4 +264,37 @@ fn every_trainable_parameter_gets_a_gradient() {
         }
     }
     assert!(missing.is_empty(), "no gradient for {missing:?}");
+}
+
+#[test]
+fn vit_cache_computes_each_image_once_per_model() {
+    use std::cell::Cell;
+    let x = inputs();
+    let dev = Device::Cpu;
+    let model = DetailFusion::from_blip2(&hf(), None, &dev).unwrap();
+    let path = tmpdir("vitcache").with_extension("safetensors");
+    let calls = Cell::new(0usize);
+    let pixels = |rows: &[usize]| -> detailfusion::Result<Tensor> {
+        calls.set(calls.get() + rows.len());
+        let ids = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &dev).unwrap();
+        Ok(x["pixel_values"].index_select(&ids, 0).unwrap())
+    };
+    let keys = vec!["a".to_string(), "b".to_string()];
+    let first = detailfusion::vit_cache::cached_vit_features(&model, &keys, &path, &pixels).unwrap();
+    assert_eq!(calls.get(), 2);
+    let again = detailfusion::vit_cache::cached_vit_features(&model, &keys, &path, &pixels).unwrap();
+    assert_eq!(calls.get(), 2, "cached features were recomputed");
+    let want = model.vision_features(&x["pixel_values"]).unwrap();
+    for i in 0..2 {
+        assert_eq!(max_diff(&first[i], &want.get(i).unwrap()), 0.0);
+        assert_eq!(max_diff(&again[i], &want.get(i).unwrap()), 0.0);
+    }
+    // Another model ignores the cache instead of mixing features in.
+    let mut cfg = DetailFusionConfig::from_blip2(
+        detailfusion::Blip2Config::from_file(enc_fixtures().join("hf/config.json")).unwrap(),
+    );
+    cfg.max_txt_len = 16;
+    let other = DetailFusion::from_blip2(&hf(), Some(cfg), &dev).unwrap();
+    detailfusion::vit_cache::cached_vit_features(&other, &keys, &path, &pixels).unwrap();
+    assert_eq!(calls.get(), 4);
 }

@@ -20,6 +20,7 @@ mod model;
 mod pretrain;
 pub mod toy;
 mod training;
+pub mod vit_cache;
 
 pub use df_compositor as compositor;
 pub use df_data as data;

@@ -174,6 +174,15 @@ impl ToyData {
         })
     }
 
+    /// A stable key per row of `pixels` (the scene's hex key), for [`crate::vit_cache`].
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys = vec![String::new(); self.index.len()];
+        for (key, &row) in &self.index {
+            keys[row] = format!("{key:032x}");
+        }
+        keys
+    }
+
     /// Row of a scene.
     pub fn row(&self, scene: &Scene) -> usize {
         self.index[&scene.key()]
@@ -345,7 +354,13 @@ pub fn run(preset: &ToyPreset, out: &Path, log: &dyn Fn(&str)) -> Result<(Detail
     cfg.compositor.hidden_size = blip2.image_text_hidden_size;
     cfg.image_processor = ImageProcessor::new(blip2.vision_config.image_size);
     let model = DetailFusion::from_blip2(&blip2_dir.to_string_lossy(), Some(cfg), &dev)?;
-    let feats = vit_features(&model, &data.pixels)?;
+    // The frozen ViT runs once per scene; a rerun with the same backbone reads the cache.
+    let pixels = |rows: &[usize]| -> Result<Tensor> {
+        let ids = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &dev)?;
+        Ok(data.pixels.index_select(&ids, 0)?)
+    };
+    let cache = blip2_dir.join("vit_cache.safetensors");
+    let feats = crate::vit_cache::cached_vit_features(&model, &data.keys(), &cache, &pixels)?;
     lap("vit_features", &mut seconds);
     let mut test = vec![(
         "blip2".to_string(),

@@ -1,0 +1,91 @@
+//! An on-disk cache of frozen-ViT features per unique image, so that no image pays for the
+//! ViT twice across runs (the ViT is frozen in every stage). Keyed by image and by the
+//! model's fingerprint: a cache written by another model is ignored, never mixed in.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Tensor};
+
+use crate::{DetailFusion, DetailFusionError, Result};
+
+const FEATURES: &str = "features";
+const KEYS: &str = "keys";
+const FINGERPRINT: &str = "fingerprint";
+
+fn text(t: &Tensor) -> Option<String> {
+    String::from_utf8(t.to_vec1::<u8>().ok()?).ok()
+}
+
+fn bytes(s: &str, device: &candle_core::Device) -> candle_core::Result<Tensor> {
+    Tensor::new(s.as_bytes(), device)?.to_dtype(DType::U8)
+}
+
+fn load(path: &Path, fingerprint: &str, device: &candle_core::Device) -> Option<HashMap<String, Tensor>> {
+    let tensors = candle_core::safetensors::load(path, device).ok()?;
+    if text(tensors.get(FINGERPRINT)?)? != fingerprint {
+        return None;
+    }
+    let keys = text(tensors.get(KEYS)?)?;
+    let feats = tensors.get(FEATURES)?;
+    let rows: Vec<&str> = if keys.is_empty() {
+        vec![]
+    } else {
+        keys.split('\n').collect()
+    };
+    if feats.dim(0).ok()? != rows.len() {
+        return None;
+    }
+    rows.iter()
+        .enumerate()
+        .map(|(i, k)| Some((k.to_string(), feats.get(i).ok()?)))
+        .collect()
+}
+
+/// ViT features `[T, W]` for each key, read from `path` when it holds them for this model and
+/// computed with `pixels(indices) -> [n, 3, S, S]` otherwise (in batches of 64); the file is
+/// rewritten (atomically) when anything was computed.
+pub fn cached_vit_features(
+    model: &DetailFusion,
+    keys: &[String],
+    path: &Path,
+    pixels: &dyn Fn(&[usize]) -> Result<Tensor>,
+) -> Result<Vec<Tensor>> {
+    if keys.iter().any(|k| k.contains('\n')) {
+        return Err(DetailFusionError::Variant(
+            "ViT cache keys cannot contain newlines".into(),
+        ));
+    }
+    let fingerprint = model.fingerprint();
+    let mut cache = load(path, &fingerprint, model.device()).unwrap_or_default();
+    let missing: Vec<usize> = (0..keys.len())
+        .filter(|&i| !cache.contains_key(&keys[i]))
+        .collect();
+    for chunk in missing.chunks(64) {
+        let f = model.vision_features(&pixels(chunk)?)?;
+        for (j, &i) in chunk.iter().enumerate() {
+            cache.insert(keys[i].clone(), f.get(j)?);
+        }
+    }
+    if !missing.is_empty() {
+        let mut names: Vec<&String> = cache.keys().collect();
+        names.sort();
+        let feats = Tensor::stack(&names.iter().map(|k| &cache[*k]).collect::<Vec<_>>(), 0)?;
+        let joined = names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n");
+        let tensors = HashMap::from([
+            (FEATURES.to_string(), feats),
+            (KEYS.to_string(), bytes(&joined, model.device())?),
+            (FINGERPRINT.to_string(), bytes(&fingerprint, model.device())?),
+        ]);
+        let tmp = path.with_extension("tmp");
+        candle_core::safetensors::save(&tensors, &tmp).map_err(|e| DetailFusionError::Io {
+            path: tmp.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        std::fs::rename(&tmp, path).map_err(|source| DetailFusionError::Io {
+            path: path.into(),
+            source,
+        })?;
+    }
+    Ok(keys.iter().map(|k| cache[k].clone()).collect())
+}
