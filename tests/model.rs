@@ -267,6 +267,7 @@ fn every_trainable_parameter_gets_a_gradient() {
 }
 
 #[test]
+#[allow(clippy::result_large_err)]
 fn vit_cache_computes_each_image_once_per_model() {
     use std::cell::Cell;
     let x = inputs();
