@@ -254,7 +254,12 @@ fn every_trainable_parameter_gets_a_gradient() {
         // The two text positions beyond the batch's length and most vocabulary rows get no
         // gradient by construction; check the rest.
         // GM's image mode is unused when DI encodes the gallery.
-        if name.contains("embeddings.") || name.starts_with("gm.vision_projection") {
+        // Key biases cannot matter (softmax ignores a constant per query) and the compositor
+        // does not compute them.
+        if name.contains("embeddings.")
+            || name.starts_with("gm.vision_projection")
+            || name.ends_with("k_proj.bias")
+        {
             continue;
         }
         let g = grads.get(var.as_tensor());
