@@ -9,7 +9,6 @@
 //! `cargo bench --bench retrieval` (add `-- --quick` for a shorter run).
 
 use std::hint::black_box;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
@@ -55,19 +54,25 @@ fn loadavg() -> String {
         .to_string()
 }
 
-/// Best-of-`reps` read bandwidth (GB/s) of summing a 1 GiB buffer on `t` threads.
+/// Best read bandwidth (GB/s) of summing a 1 GiB buffer on `t` threads, over at least `reps`
+/// passes and about a second.
 fn dram_bandwidth(buf: &[f32], t: usize, reps: usize) -> f64 {
     fn sum(s: &[f32]) -> f32 {
-        let mut acc = [0f32; 16];
-        for c in s.chunks_exact(16) {
-            for i in 0..16 {
+        // 32 lanes, reduced after a `black_box` so that the loop vectorises at full width.
+        let mut acc = [0f32; 32];
+        for c in s.chunks_exact(32) {
+            let c: &[f32; 32] = c.try_into().unwrap();
+            for i in 0..32 {
                 acc[i] += c[i];
             }
         }
-        acc.iter().sum()
+        black_box(acc).iter().sum()
     }
     let mut best = f64::MAX;
-    for _ in 0..reps {
+    let budget = Instant::now();
+    let mut done = 0;
+    while done < reps || budget.elapsed() < Duration::from_secs(1) {
+        done += 1;
         let start = Instant::now();
         let per = buf.len().div_ceil(t);
         let total: f32 = std::thread::scope(|s| {
@@ -80,14 +85,18 @@ fn dram_bandwidth(buf: &[f32], t: usize, reps: usize) -> f64 {
     (buf.len() * 4) as f64 / best / 1e9
 }
 
-/// Best-of-`reps` GFLOP/s of candle's f32 matmul 2048×2048×2048.
+/// Best GFLOP/s of candle's f32 matmul 2048×2048×2048 over at least `reps` runs and about a
+/// second.
 fn gemm_rate(reps: usize) -> f64 {
     let n = 2048;
     let a = Tensor::from_vec(unit_vectors(n * n / P, 7), (n, n), &Device::Cpu).unwrap();
     let b = Tensor::from_vec(unit_vectors(n * n / P, 8), (n, n), &Device::Cpu).unwrap();
     black_box(a.matmul(&b).unwrap());
     let mut best = f64::MAX;
-    for _ in 0..reps {
+    let budget = Instant::now();
+    let mut done = 0;
+    while done < reps || budget.elapsed() < Duration::from_secs(1) {
+        done += 1;
         let start = Instant::now();
         black_box(a.matmul(&b).unwrap());
         best = best.min(start.elapsed().as_secs_f64());
@@ -95,8 +104,9 @@ fn gemm_rate(reps: usize) -> f64 {
     2.0 * (n * n * n) as f64 / best / 1e9
 }
 
-/// Median seconds of `f` over at least `min_runs` runs and about `budget`.
-fn median_time(mut f: impl FnMut(), min_runs: usize, budget: Duration) -> f64 {
+/// Best seconds of `f` over at least `min_runs` runs and about `budget` (best-of-N, like the
+/// DRAM and GEMM figures: the least disturbed run on a possibly shared machine).
+fn best_time(mut f: impl FnMut(), min_runs: usize, budget: Duration) -> f64 {
     f();
     let mut times = Vec::new();
     let start = Instant::now();
@@ -105,8 +115,7 @@ fn median_time(mut f: impl FnMut(), min_runs: usize, budget: Duration) -> f64 {
         f();
         times.push(t.elapsed().as_secs_f64());
     }
-    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    times[times.len() / 2]
+    times.iter().copied().fold(f64::MAX, f64::min)
 }
 
 struct Row {
@@ -115,9 +124,44 @@ struct Row {
     batch: usize,
     bytes: usize,
     seconds: f64,
+    /// DRAM read GB/s and GEMM GFLOP/s measured right before this row's timing.
+    dram: f64,
+    gemm: f64,
 }
 
-static ROWS: Mutex<Vec<Row>> = Mutex::new(Vec::new());
+/// The machine's reference figures, re-measured next to every timing (the machine may be
+/// shared: a figure measured minutes earlier may have been taken in a noisier moment).
+struct Machine {
+    buf: Vec<f32>,
+    threads: usize,
+    rows: Vec<Row>,
+    dram_seen: Vec<f64>,
+    gemm_seen: Vec<f64>,
+}
+
+impl Machine {
+    fn new() -> Self {
+        Self {
+            buf: (0..(1usize << 28)).map(|i| (i & 1023) as f32).collect(), // 1 GiB, touched
+            threads: threads(),
+            rows: Vec::new(),
+            dram_seen: Vec::new(),
+            gemm_seen: Vec::new(),
+        }
+    }
+
+    fn dram(&mut self, reps: usize) -> f64 {
+        let v = dram_bandwidth(&self.buf, self.threads, reps);
+        self.dram_seen.push(v);
+        v
+    }
+
+    fn gemm(&mut self, reps: usize) -> f64 {
+        let v = gemm_rate(reps);
+        self.gemm_seen.push(v);
+        v
+    }
+}
 
 fn index_of(vectors: usize, dtype: FeatureDType) -> GalleryIndex {
     let n = vectors / Q;
@@ -134,7 +178,7 @@ fn index_of(vectors: usize, dtype: FeatureDType) -> GalleryIndex {
     GalleryIndex::from_raw(info, names, unit_vectors(n * Q, vectors as u64), None).unwrap()
 }
 
-fn bench_search(c: &mut Criterion, label: &str, index: &GalleryIndex, batches: &[usize]) {
+fn bench_search(c: &mut Criterion, m: &mut Machine, label: &str, index: &GalleryIndex, batches: &[usize]) {
     let vectors = index.len() * Q;
     let bytes_per = if index.dtype() == FeatureDType::F16 { 2 } else { 4 };
     let bytes = vectors * P * bytes_per;
@@ -150,63 +194,35 @@ fn bench_search(c: &mut Criterion, label: &str, index: &GalleryIndex, batches: &
         group.bench_function(BenchmarkId::from_parameter(format!("batch{b}")), |bench| {
             bench.iter(search)
         });
-        let seconds = median_time(
+        let dram = m.dram(3);
+        let gemm = m.gemm(3);
+        let seconds = best_time(
             || {
                 search();
             },
             5,
             Duration::from_millis(1500),
         );
-        ROWS.lock().unwrap().push(Row {
+        m.rows.push(Row {
             name: label.to_string(),
             vectors,
             batch: b,
             bytes,
             seconds,
+            dram,
+            gemm,
         });
     }
     group.finish();
 }
 
-fn probe() {
-    let dt = if std::env::var("DF_PROBE").unwrap() == "f16" {
-        FeatureDType::F16
-    } else {
-        FeatureDType::F32
-    };
-    let index = index_of(1_000_000, dt);
-    for b in [1usize, 2, 4, 5, 6, 8] {
-        let queries = Tensor::from_vec(unit_vectors(b, 5), (b, P), &Device::Cpu).unwrap();
-        let t = median_time(
-            || {
-                black_box(index.search_features(&queries, &SearchOptions::top(10)).unwrap());
-            },
-            5,
-            Duration::from_secs(1),
-        );
-        let gf = 2.0 * (b * 1_000_000 * P) as f64 / t / 1e9;
-        println!(
-            "b={b} {:.1} ms  {:.1} GB/s {gf:.1} GFLOP/s",
-            t * 1e3,
-            1.024e9 / t / 1e9
-        );
-    }
-}
-
 fn main() {
-    if std::env::var("DF_PROBE").is_ok() {
-        return probe();
-    }
     let mut c = Criterion::default().configure_from_args();
-    let t = threads();
     eprintln!("load average before: {}", loadavg());
 
-    // The machine's limits.
-    let buf: Vec<f32> = (0..(1usize << 28)).map(|i| (i & 1023) as f32).collect(); // 1 GiB, touched
-    let dram1 = dram_bandwidth(&buf, 1, 5);
-    let dram = dram_bandwidth(&buf, t, 5);
-    drop(buf);
-    let gemm = gemm_rate(5);
+    let mut m = Machine::new();
+    let dram1 = dram_bandwidth(&m.buf, 1, 5);
+    let (dram, gemm, t) = (m.dram(5), m.gemm(5), m.threads);
     eprintln!(
         "machine: DRAM read {dram:.1} GB/s on {t} threads ({dram1:.1} GB/s on 1), f32 GEMM {gemm:.0} GFLOP/s \
          (candle matmul 2048^3, {t} threads)"
@@ -214,49 +230,67 @@ fn main() {
 
     for (vectors, label) in [(10_000, "10k"), (100_000, "100k"), (1_000_000, "1M")] {
         let index = index_of(vectors, FeatureDType::F32);
-        bench_search(&mut c, &format!("{label}/f32"), &index, &[1, 64]);
+        let batches: &[usize] = if vectors == 1_000_000 {
+            &[1, 4, 64]
+        } else {
+            &[1, 64]
+        };
+        bench_search(&mut c, &mut m, &format!("{label}/f32"), &index, batches);
         if vectors == 100_000 {
             // The same gallery memory-mapped from an index file.
             let path = std::env::temp_dir().join(format!("df-bench-{}.dfindex", std::process::id()));
             index.save(&path).unwrap();
             let mapped = GalleryIndex::load(&path).unwrap();
             assert!(mapped.is_mapped());
-            bench_search(&mut c, &format!("{label}/f32-mapped"), &mapped, &[1]);
+            bench_search(&mut c, &mut m, &format!("{label}/f32-mapped"), &mapped, &[1]);
             drop(mapped);
             let _ = std::fs::remove_file(&path);
         }
         if vectors == 1_000_000 {
             drop(index);
             let half = index_of(vectors, FeatureDType::F16);
-            bench_search(&mut c, &format!("{label}/f16"), &half, &[1]);
+            bench_search(&mut c, &mut m, &format!("{label}/f16"), &half, &[1]);
         }
     }
     c.final_summary();
-
-    let gemm_check = gemm_rate(3);
     eprintln!("load average after: {}", loadavg());
+
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let min = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
     println!();
     println!(
-        "machine: DRAM read {dram:.1} GB/s ({t} threads; {dram1:.1} GB/s on 1 thread), \
-         GEMM {gemm:.0} GFLOP/s (re-measured at the end: {gemm_check:.0})"
+        "machine ({t} threads): DRAM read {:.1} GB/s (best; {:.1}..{:.1} over {} measurements; {dram1:.1} \
+         GB/s on 1 thread), f32 GEMM {:.0} GFLOP/s (best; {:.0}..{:.0}; candle matmul 2048^3)",
+        max(&m.dram_seen),
+        min(&m.dram_seen),
+        max(&m.dram_seen),
+        m.dram_seen.len(),
+        max(&m.gemm_seen),
+        min(&m.gemm_seen),
+        max(&m.gemm_seen),
     );
     println!(
-        "{:<16} {:>9} {:>5} {:>10} {:>12} {:>9} {:>10} {:>8}",
+        "% DRAM / % GEMM: of the figures measured right before each row (in parentheses), best-of-N timings"
+    );
+    println!(
+        "{:<16} {:>9} {:>5} {:>10} {:>12} {:>16} {:>10} {:>16}",
         "gallery", "vectors", "batch", "ms/search", "gallery GB/s", "% DRAM", "GFLOP/s", "% GEMM"
     );
-    for r in ROWS.lock().unwrap().iter() {
+    for r in &m.rows {
         let gbs = r.bytes as f64 / r.seconds / 1e9;
         let gflops = 2.0 * (r.batch * r.vectors * P) as f64 / r.seconds / 1e9;
         println!(
-            "{:<16} {:>9} {:>5} {:>10.3} {:>12.1} {:>8.0}% {:>10.1} {:>7.0}%",
+            "{:<16} {:>9} {:>5} {:>10.3} {:>12.1} {:>7.0}% ({:>5.1}) {:>10.1} {:>7.0}% ({:>5.0})",
             r.name,
             r.vectors,
             r.batch,
             r.seconds * 1e3,
             gbs,
-            100.0 * gbs / dram,
+            100.0 * gbs / r.dram,
+            r.dram,
             gflops,
-            100.0 * gflops / gemm
+            100.0 * gflops / r.gemm,
+            r.gemm
         );
     }
 }

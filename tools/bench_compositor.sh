@@ -12,10 +12,12 @@
 # TORCH_PY defaults to the first of these that imports torch:
 #   /root/.cache/detailfusion-peer/bin/python        (PyTorch 2.x, MKL)
 #   /root/.cache/detailfusion-peer-light/bin/python  (torch 1.13 from Debian: reference BLAS, slow)
-# OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are unset for both runs. Unless MALLOC_TUNED=0, both
-# run with GLIBC_TUNABLES that stop glibc from returning freed memory to the kernel after every
-# step (candle allocates a fresh buffer per op; without it page faults take ~30% of fwd_bwd). The machine should be idle:
-# the load average is printed before and after; rerun when it is above ~0.5.
+# Each side's run also reports how many cores other processes kept busy meanwhile (from
+# /proc/stat and /usr/bin/time): the machine should be idle, rerun when that is not ~0.
+# OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are unset for both runs. Unless MALLOC_TUNED=0, both run
+# with GLIBC_TUNABLES that keep glibc from handing freed memory back to the kernel after every
+# step (candle allocates a fresh buffer per op; without them page faults cost up to ~4x in
+# fwd_bwd).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,13 +36,33 @@ if [[ "${ABSORBED:-0}" != 0 ]]; then export DF_BENCH_ABSORBED=1; fi
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
 
-echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)   threads: $THREADS   cpus: $(nproc)   GLIBC_TUNABLES=${GLIBC_TUNABLES:-}"
+# Busy and total jiffies of the whole machine (user nice system irq softirq steal; + idle iowait).
+cpu_jiffies() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
+# Runs a command and appends to $OUT/load how many cores were busy meanwhile beyond its own use.
+measured() {
+  local label=$1 b0 t0 b1 t1 u s e
+  shift
+  read -r b0 t0 < <(cpu_jiffies)
+  /usr/bin/time -f "%U %S %e" -o "$OUT/time" "$@"
+  read -r b1 t1 < <(cpu_jiffies)
+  read -r u s e < "$OUT/time"
+  awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) -v n="$(nproc)" -v u="$u" -v s="$s" -v e="$e" -v l="$label" 'BEGIN {
+    busy = b / t * n; own = (u + s) / e; other = busy - own
+    printf "%-6s machine busy %.2f cores, this run %.2f, other processes %.2f%s\n", l, busy, own, other,
+      (other > 0.25 ? "   <-- disturbed: rerun when the machine is idle" : "") }' >> "$OUT/load"
+}
+
+echo "threads: $THREADS   cpus: $(nproc)   GLIBC_TUNABLES=${GLIBC_TUNABLES:-}   load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 rm -rf target/criterion/compositor
-RAYON_NUM_THREADS="$THREADS" cargo bench --bench compositor 2>&1 | grep -E '^compositor/|time:|thrpt:' || true
+cargo bench --bench compositor --no-run >/dev/null 2>&1 || cargo bench --bench compositor --no-run
+RAYON_NUM_THREADS="$THREADS" measured rust cargo bench --bench compositor > "$OUT/rust.txt" 2>&1 \
+  || { cat "$OUT/rust.txt"; exit 1; }
+grep -E '^compositor/|time:|thrpt:' "$OUT/rust.txt" || true
 echo
-OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" "$TORCH_PY" tools/bench_compositor_torch.py \
+OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" measured torch "$TORCH_PY" tools/bench_compositor_torch.py \
   --threads "$THREADS" --json "$OUT/torch.json"
-echo "load average after:  $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+cat "$OUT/load"
 echo
 
 "$TORCH_PY" - "$OUT/torch.json" <<'EOF'

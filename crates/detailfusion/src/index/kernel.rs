@@ -10,7 +10,7 @@ use super::error::{IndexError, Result};
 
 /// Batches of at least this many queries are scored by GEMM (candle's multithreaded matmul on a
 /// cached `f32` tensor); smaller ones by the streaming scan over the (mapped) rows.
-pub const GEMM_MIN_BATCH: usize = 8;
+pub const GEMM_MIN_BATCH: usize = 5;
 
 /// Gallery rows (token vectors) per GEMM block: the `[B, rows]` similarity block stays in cache.
 const GEMM_BLOCK_ELEMS: usize = 1 << 19;
