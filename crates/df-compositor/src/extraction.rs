@@ -50,7 +50,7 @@ impl CrossAttention {
             .contiguous()?; // [H, B, d]
         let wk = self.k_proj.weight().reshape((h, d, p))?;
         let u = (q.matmul(&wk)?.transpose(0, 1)?.contiguous()? * self.scale)?; // [B, H, P]
-        let scores = u.matmul(&tokens.transpose(1, 2)?.contiguous()?)?; // [B, H, T]
+        let scores = u.matmul(&tokens.transpose(1, 2)?)?; // [B, H, T]
         let probs = softmax_last_dim(&scores)?;
         let pooled = probs.matmul(tokens)?.transpose(0, 1)?.contiguous()?; // [H, B, P]
         let wv_t = self.v_proj.weight().reshape((h, d, p))?.transpose(1, 2)?; // [H, P, d]
