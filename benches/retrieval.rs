@@ -216,6 +216,37 @@ fn bench_search(c: &mut Criterion, m: &mut Machine, label: &str, index: &Gallery
     group.finish();
 }
 
+/// End-to-end latency of one demo query: the shipped model encodes a reference image and a
+/// text, then searches the demo gallery (the toy test split, 1,708 images).
+fn bench_demo_query(c: &mut Criterion) {
+    use detailfusion::data::cirr::CirrSplit;
+    use detailfusion::toy::{ToyData, ToyPreset};
+    use detailfusion::{DetailFusion, TextProcessor};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/demo");
+    let dev = Device::Cpu;
+    let model = DetailFusion::load(&dir, &dev).unwrap();
+    let text = TextProcessor::from_file(dir.join("tokenizer.json")).unwrap();
+    let preset: ToyPreset =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("toy_preset.json")).unwrap()).unwrap();
+    let data = ToyData::generate_splits(&preset.world, &[CirrSplit::Test1], false, &dev).unwrap();
+    let gallery = model.encode_images(&data.pixels).unwrap();
+    let mut index = GalleryIndex::new(&model, FeatureDType::F32);
+    let names = (0..data.pixels.dim(0).unwrap()).map(|i| format!("{i}")).collect();
+    index.add_features(names, &gallery).unwrap();
+    let searcher = index.searcher(&model).unwrap();
+    let reference = data.pixels.narrow(0, 0, 1).unwrap();
+    let caption = "make the red circle blue and remove the small square";
+    c.bench_function("demo/query_end_to_end", |b| {
+        b.iter(|| {
+            let tb = text.encode(caption, &dev).unwrap();
+            let q = model
+                .encode_queries(&reference, &tb.input_ids, &tb.attention_mask)
+                .unwrap();
+            black_box(searcher.search(&q, &SearchOptions::top(10)).unwrap())
+        })
+    });
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     eprintln!("load average before: {}", loadavg());
@@ -228,7 +259,13 @@ fn main() {
          (candle matmul 2048^3, {t} threads)"
     );
 
-    for (vectors, label) in [(10_000, "10k"), (100_000, "100k"), (1_000_000, "1M")] {
+    bench_demo_query(&mut c);
+    let sizes: &[(usize, &str)] = if std::env::var_os("DF_BENCH_DEMO_ONLY").is_some() {
+        &[]
+    } else {
+        &[(10_000, "10k"), (100_000, "100k"), (1_000_000, "1M")]
+    };
+    for &(vectors, label) in sizes {
         let index = index_of(vectors, FeatureDType::F32);
         let batches: &[usize] = if vectors == 1_000_000 {
             &[1, 4, 64]
