@@ -1,6 +1,10 @@
 //! CIRR-val evaluation end to end on the real annotation files (a slice of them), with
 //! deterministic pixels for the images they name.
 
+mod common;
+
+use common::enc_fixtures;
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
@@ -9,10 +13,6 @@ use detailfusion::benchmarks::evaluate_cirr;
 use detailfusion::data::cirr::{CirrDataset, CirrSplit};
 use detailfusion::data::LoadOptions;
 use detailfusion::{Blip2Config, DetailFusion, DetailFusionConfig, TextProcessor};
-
-fn enc_fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crates/df-encoders/tests/fixtures/encoders")
-}
 
 #[test]
 fn cirr_val_slice_evaluates_with_generated_images() {

@@ -1,8 +1,11 @@
 //! The assembled DetailFusion model: BLIP-2 / SPRC initialisation, variants, save/load,
 //! gradients reaching every trainable parameter.
 
+mod common;
+
+use common::{enc_fixtures, hf, max_diff, tmpdir};
+
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use detailfusion::compositor::FusionMode;
@@ -10,35 +13,8 @@ use detailfusion::train::losses::{contrastive_loss, Stage2Inputs};
 use detailfusion::train::{LossConfig, Stage2Losses};
 use detailfusion::{Blip2Model, DetailFusion, DetailFusionConfig, GalleryMode, LoadOptions, Variant};
 
-fn enc_fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crates/df-encoders/tests/fixtures/encoders")
-}
-
 fn inputs() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(enc_fixtures().join("inputs.safetensors"), &Device::Cpu).unwrap()
-}
-
-fn hf() -> String {
-    enc_fixtures().join("hf").to_string_lossy().into_owned()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("df-model-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
 }
 
 #[test]

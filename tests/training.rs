@@ -1,5 +1,9 @@
 //! The three stages on a tiny model: freezing is real and resuming is exact.
 
+mod common;
+
+use common::enc_fixtures;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -9,10 +13,6 @@ use detailfusion::train::{train, Hooks, OptimizerConfig, Schedule, Stage, Traine
 use detailfusion::{
     Blip2Config, DetailFusion, DetailFusionConfig, StageTrainer, TextProcessor, TrainItem, TrainingData,
 };
-
-fn enc_fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crates/df-encoders/tests/fixtures/encoders")
-}
 
 fn model() -> DetailFusion {
     let mut cfg = DetailFusionConfig::from_blip2(
