@@ -2,8 +2,11 @@
 //!
 //! - `qformer/image_mode/b{1,32}`: the full Q-Former (hidden 768, 12 layers, 32 queries)
 //!   cross-attending `[B, 257, 1408]` image features (`HybridEncoder::image_features`);
-//! - `qformer/composed_query/b{1,32}`: the SPRC two-pass composed query with a 32-token text
-//!   (with padding) over the same image features (`HybridEncoder::composed_query`);
+//! - `qformer/composed_query/b{1,32}`: the SPRC two-pass composed query with texts padded to 32
+//!   tokens (6 to 32 real tokens; 26 at batch 1) over the same image features
+//!   (`HybridEncoder::composed_query`);
+//! - `qformer/composed_query_nopad/b{1,32}`: the same with every text 32 real tokens long, so
+//!   that skipping padding cannot help;
 //! - `vit_g_depth{N}/b{1,8}`: the vision transformer at ViT-g width (1408, 16 heads, MLP 6144)
 //!   with `N` blocks instead of 39, on `[B, 3, 224, 224]` pixels (`VisionModel::forward`).
 //!
@@ -47,14 +50,15 @@ fn frozen<T>(
     Ok(build(VarBuilder::from_tensors(tensors, DType::F32, dev))?)
 }
 
-/// `[B, L]` random word ids (`[CLS]`-like 101 first, 0 after the end) and the 0/1 mask;
-/// lengths vary from 6 to `L` over the batch (item 0 has 20 tokens).
-fn text(b: usize, l: usize, dev: &Device) -> anyhow::Result<(Tensor, Tensor)> {
+/// `[B, L]` random word ids (`[CLS]`-like 101 first, 0 after the end) and the 0/1 mask.
+/// Lengths are `(20 + 7i) % (L - 5) + 6`, from 6 to `L` over the batch (26 for item 0), or all
+/// `L` with `full`. `tools/bench_encoders_torch.py` builds the same.
+fn text(b: usize, l: usize, full: bool, dev: &Device) -> anyhow::Result<(Tensor, Tensor)> {
     let mut ids = vec![0u32; b * l];
     let mut mask = vec![0u32; b * l];
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     for i in 0..b {
-        let len = (20 + 7 * i) % (l - 5) + 6;
+        let len = if full { l } else { (20 + 7 * i) % (l - 5) + 6 };
         for j in 0..len.min(l) {
             state = state
                 .wrapping_mul(6364136223846793005)
@@ -73,14 +77,11 @@ fn text(b: usize, l: usize, dev: &Device) -> anyhow::Result<(Tensor, Tensor)> {
     ))
 }
 
-/// Measurement time and sampling mode for a batch size.
+/// Measurement time and sampling mode for a batch size: every iteration takes 50 ms or more,
+/// so all samples run the same number of iterations (one each at the larger batches).
 fn timing(batch: usize) -> (Duration, SamplingMode) {
-    if batch == 1 {
-        (Duration::from_secs(5), SamplingMode::Auto)
-    } else {
-        // One iteration takes seconds: run exactly `sample_size` of them.
-        (Duration::from_secs(1), SamplingMode::Flat)
-    }
+    let secs = if batch == 1 { 5 } else { 1 };
+    (Duration::from_secs(secs), SamplingMode::Flat)
 }
 
 fn bench_qformer(c: &mut Criterion) {
@@ -94,7 +95,8 @@ fn bench_qformer(c: &mut Criterion) {
     group.sample_size(10).warm_up_time(Duration::from_secs(1));
     for batch in [1usize, 32] {
         let image = Tensor::randn(0f32, 1.0, (batch, IMAGE_TOKENS, width), &dev).expect("image");
-        let (ids, mask) = text(batch, TEXT_LEN, &dev).expect("text");
+        let (ids, mask) = text(batch, TEXT_LEN, false, &dev).expect("text");
+        let (ids_full, mask_full) = text(batch, TEXT_LEN, true, &dev).expect("text");
         let (time, mode) = timing(batch);
         group
             .measurement_time(time)
@@ -118,19 +120,24 @@ fn bench_qformer(c: &mut Criterion) {
             .expect("composed query");
         assert_eq!(out.feature.dims(), [batch, cfg.image_text_hidden_size]);
         assert!(!out.feature.track_op());
-        group.bench_with_input(
-            BenchmarkId::new("composed_query", format!("b{batch}")),
-            &(image, ids, mask),
-            |b, (image, ids, mask)| {
-                b.iter(|| {
-                    black_box(
-                        encoder
-                            .composed_query(black_box(image), black_box(ids), black_box(mask))
-                            .expect("composed query"),
-                    )
-                })
-            },
-        );
+        for (name, ids, mask) in [
+            ("composed_query", &ids, &mask),
+            ("composed_query_nopad", &ids_full, &mask_full),
+        ] {
+            group.bench_with_input(
+                BenchmarkId::new(name, format!("b{batch}")),
+                &(&image, ids, mask),
+                |b, (image, ids, mask)| {
+                    b.iter(|| {
+                        black_box(
+                            encoder
+                                .composed_query(black_box(image), black_box(ids), black_box(mask))
+                                .expect("composed query"),
+                        )
+                    })
+                },
+            );
+        }
     }
     group.finish();
 }

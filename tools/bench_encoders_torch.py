@@ -5,10 +5,12 @@ Same sizes as the Rust benchmark, random weights, float32, CPU, `torch.no_grad()
 
     qformer/image_mode/b{1,32}      queries cross-attend [B, 257, 1408] image features,
                                     then L2(vision_projection(.)) -> [B, 32, 256]
-    qformer/composed_query/b{1,32}  SPRC two passes (as crates/df-encoders/src/hybrid.rs):
+    qformer/composed_query/b{1,32}  SPRC two passes (as crates/df-encoders/src/hybrid.rs), texts
+                                    padded to 32 tokens (6..32 real, 26 at batch 1):
                                     pass 1 qformer(cat(queries, text_emb), query_length=32, mask, image),
                                     pass 2 qformer(cat(pass1_queries, text_emb), query_length=0, mask),
                                     L2(text_projection(h2[:, 32])) -> [B, 256]
+    qformer/composed_query_nopad/b{1,32}  the same, every text 32 real tokens
     vit_g_depth{N}/b{1,8}           Blip2VisionModel at ViT-g width with N blocks, [B, 3, 224, 224]
 
 Modules: `Blip2QFormerModel`, `Blip2TextEmbeddings`, `nn.Linear` projections and a query-token
@@ -27,6 +29,7 @@ both and prints the comparison. Unset OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE befor
 import argparse
 import json
 import os
+import re
 import platform
 import statistics
 import sys
@@ -48,14 +51,15 @@ NUM_QUERIES = 32
 PROJ = 256
 
 
-def text(b, l):
-    """The same ids/mask as `text()` in benches/encoders.rs (lengths 6..L, 101 first, 0 pad)."""
+def text(b, l, full=False):
+    """The same ids/mask as `text()` in benches/encoders.rs: lengths (20 + 7i) % (L - 5) + 6
+    (26 for item 0), or all L with `full`; 101 first, 0 padding."""
     ids = torch.zeros(b, l, dtype=torch.long)
     mask = torch.zeros(b, l, dtype=torch.long)
     state = 0x9E3779B97F4A7C15
     m64 = (1 << 64) - 1
     for i in range(b):
-        n = (20 + 7 * i) % (l - 5) + 6
+        n = l if full else (20 + 7 * i) % (l - 5) + 6
         for j in range(min(n, l)):
             state = (state * 6364136223846793005 + 1442695040888963407) & m64
             ids[i, j] = 101 if j == 0 else 1000 + (state >> 33) % 29000
@@ -131,8 +135,7 @@ def main():
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "attn": args.attn,
-        "blas": next((s.split("=")[1] for s in torch.__config__.show().replace(",", "\n").split("\n")
-                      if s.strip().startswith("BLAS_INFO")), "?"),
+        "blas": (re.search(r"BLAS_INFO=(\w+)", torch.__config__.show()) or [None, "?"])[1],
         "mkldnn": torch.backends.mkldnn.is_available(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else "?",
     }
@@ -155,10 +158,13 @@ def main():
         for b in (1, 32):
             image = torch.randn(b, IMAGE_TOKENS, 1408)
             ids, mask = text(b, TEXT_LEN)
+            ids_full, mask_full = text(b, TEXT_LEN, full=True)
             assert hybrid.image_features(image).shape == (b, NUM_QUERIES, PROJ)
             assert hybrid.composed_query(image, ids, mask)[0].shape == (b, PROJ)
             run(f"qformer/image_mode/b{b}", lambda: hybrid.image_features(image), b)
             run(f"qformer/composed_query/b{b}", lambda: hybrid.composed_query(image, ids, mask), b)
+            run(f"qformer/composed_query_nopad/b{b}",
+                lambda: hybrid.composed_query(image, ids_full, mask_full), b)
         del hybrid
 
         vcfg = Blip2VisionConfig(num_hidden_layers=args.vit_depth)  # ViT-g: 1408, 16 heads, MLP 6144

@@ -100,8 +100,11 @@ impl HybridEncoder {
     /// → normalised `[B, P]` from the `[CLS]` position.
     pub fn text_features(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         check_text(input_ids, attention_mask)?;
-        let embeds = self.embeddings.forward(input_ids, None)?;
-        let h = self.qformer.forward(&embeds, 0, Some(attention_mask), None)?;
+        let (input_ids, attention_mask) = trim_padding(input_ids, attention_mask)?;
+        let embeds = self.embeddings.forward(&input_ids, None)?;
+        let h = self
+            .qformer
+            .forward_rows(&embeds, 0, Some(&attention_mask), None, 0..1)?;
         self.cls_feature(&h, 0)
     }
 
@@ -125,15 +128,21 @@ impl HybridEncoder {
             ));
         }
         let q = self.num_queries();
-        let mask = self.with_query_mask(attention_mask)?;
+        let (input_ids, attention_mask) = trim_padding(input_ids, attention_mask)?;
+        let mask = self.with_query_mask(&attention_mask)?;
         let queries = self.expand_queries(b)?;
-        let embeds = self.embeddings.forward(input_ids, Some(&queries))?;
-        let h1 = self.qformer.forward(&embeds, q, Some(&mask), Some(image))?;
-        let pass1_queries = h1.narrow(1, 0, q)?;
-        let embeds = self.embeddings.forward(input_ids, Some(&pass1_queries))?;
-        let h2 = self.qformer.forward(&embeds, 0, Some(&mask), None)?;
+        let embeds = self.embeddings.forward(&input_ids, Some(&queries))?;
+        // Only the query rows of pass 1 and the [CLS] row of pass 2 are read: the last layer of
+        // each pass computes just those.
+        let pass1_queries = self
+            .qformer
+            .forward_rows(&embeds, q, Some(&mask), Some(image), 0..q)?;
+        let embeds = self.embeddings.forward(&input_ids, Some(&pass1_queries))?;
+        let h2 = self
+            .qformer
+            .forward_rows(&embeds, 0, Some(&mask), None, q..q + 1)?;
         Ok(ComposedQuery {
-            feature: self.cls_feature(&h2, q)?,
+            feature: self.cls_feature(&h2, 0)?,
             pass1_queries,
         })
     }
@@ -171,7 +180,7 @@ impl HybridEncoder {
             ],
             1,
         )?;
-        let out = self.qformer.forward(&seq, 0, Some(&mask), None)?;
+        let out = self.qformer.forward_rows(&seq, 0, Some(&mask), None, 0..1)?;
         self.cls_feature(&out, 0)
     }
 
@@ -228,6 +237,25 @@ fn input_err(name: &str, message: String) -> EncoderError {
         name: name.into(),
         message,
     }
+}
+
+/// Drops the trailing columns that are padding in every row of the batch (`attention_mask`
+/// 0): masked keys get zero attention weight and positions are absolute, so the outputs at
+/// the kept positions do not change. Texts padded to `max_txt_len` get shorter; a batch
+/// whose longest text fills the length is returned as is.
+fn trim_padding(input_ids: &Tensor, attention_mask: &Tensor) -> Result<(Tensor, Tensor)> {
+    let l = attention_mask.dim(1)?;
+    let keep = attention_mask
+        .to_dtype(DType::F32)?
+        .to_vec2::<f32>()?
+        .iter()
+        .filter_map(|row| row.iter().rposition(|&m| m != 0.0))
+        .max()
+        .map_or(1, |last| last + 1);
+    if keep >= l {
+        return Ok((input_ids.clone(), attention_mask.clone()));
+    }
+    Ok((input_ids.narrow(1, 0, keep)?, attention_mask.narrow(1, 0, keep)?))
 }
 
 fn check_text(input_ids: &Tensor, attention_mask: &Tensor) -> Result<()> {

@@ -6,7 +6,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use crate::config::VisionConfig;
-use crate::nn::{attention, LayerNorm};
+use crate::nn::{attention, feed_forward, linear_epilogue, split_heads_stacked, LayerNorm};
 
 /// Patch + class + position embeddings (`vision_model.embeddings`).
 #[derive(Debug, Clone)]
@@ -97,18 +97,16 @@ impl VisionAttention {
 
     /// `[B, S, D]` → `[B, S, D]`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let (b, s, d) = xs.dims3()?;
-        let h = self.num_heads;
-        let qkv = self
-            .qkv
-            .forward(xs)?
-            .reshape((b, s, 3, h, d / h))?
-            .permute((2, 0, 3, 1, 4))?;
-        let q = qkv.get(0)?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
+        self.forward_residual(xs, None)
+    }
+
+    /// `projection(attention(xs)) (+ residual)`, the residual added in the projection's pass.
+    fn forward_residual(&self, xs: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        let qkv = linear_epilogue(&self.qkv, xs, None, None)?;
+        let [q, k, v] = <[Tensor; 3]>::try_from(split_heads_stacked(&qkv, 3, self.num_heads)?)
+            .expect("three projections");
         let ctx = attention(&q, &k, &v, None, self.scale)?;
-        self.projection.forward(&ctx)
+        linear_epilogue(&self.projection, &ctx, None, residual)
     }
 }
 
@@ -139,9 +137,16 @@ impl VisionLayer {
 
     /// `[B, S, D]` → `[B, S, D]`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let xs = (xs + self.self_attn.forward(&self.layer_norm1.forward(xs)?)?)?;
-        let h = self.fc1.forward(&self.layer_norm2.forward(&xs)?)?;
-        xs + self.fc2.forward(&self.act.forward(&h)?)?
+        let xs = self
+            .self_attn
+            .forward_residual(&self.layer_norm1.forward(xs)?, Some(xs))?;
+        feed_forward(
+            &self.fc1,
+            &self.fc2,
+            self.act,
+            &self.layer_norm2.forward(&xs)?,
+            &xs,
+        )
     }
 }
 
