@@ -394,6 +394,7 @@ pub fn run(preset: &ToyPreset, out: &Path, log: &dyn Fn(&str)) -> Result<(Detail
         let hooks = Hooks {
             validate: None,
             on_step: Some(&hook),
+            reporter: None,
         };
         train(
             &trainer,
@@ -458,6 +459,7 @@ fn pretrain(
     let hooks = Hooks {
         validate: None,
         on_step: Some(hook),
+        reporter: None,
     };
     train(
         &pre,

@@ -24,6 +24,16 @@ pub enum TrainError {
     /// A setting is unusable.
     #[error("training config: {0}")]
     Config(String),
+    /// A config file is unreadable or holds a bad value.
+    #[error("{}: `{field}`: {message}", path.display())]
+    ConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// The field's dotted path (`trainer.optimizer.lr`).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The loss became NaN or infinite.
     #[error("loss diverged at step {step}: {loss}")]
     Diverged {

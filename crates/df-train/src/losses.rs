@@ -9,7 +9,7 @@ pub const TEMP_RANGE: (f64, f64) = (0.001, 0.5);
 
 /// Loss weights of stage 2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct LossConfig {
     /// Weight γ of the DI contrastive loss (1.0; swept over {0.2, 0.5, 1.0, 2.0}).
     pub gamma: f64,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// Learning-rate schedule over the whole run.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
+#[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
 pub enum Schedule {
     /// The peak rate throughout.
     Constant,
@@ -71,7 +71,7 @@ impl Schedule {
 
 /// Optimiser settings (SPRC's defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct OptimizerConfig {
     /// Peak learning rate (1e-5 CIRR, 2e-5 Fashion IQ).
     pub lr: f64,

@@ -1,6 +1,7 @@
 //! The stage-agnostic training loop: seeded epoch order, micro-batch accumulation, clipping,
-//! AdamW with a schedule, JSONL logs, atomic checkpoints every N steps and at epoch ends,
-//! exact resumption, and best-checkpoint selection by a validation callback.
+//! AdamW with a schedule, JSONL metrics and a pluggable [`Reporter`] (progress bars), atomic
+//! checkpoints every N steps and at epoch ends, exact resumption, and best-checkpoint selection
+//! by a validation callback.
 //!
 //! The model side is a [`StageModel`]: it names the variables a stage trains and computes
 //! the stage's loss for a batch, so freezing is a matter of which variables the optimiser sees.
@@ -14,6 +15,7 @@ use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::optim::{clip_grad_norm, AdamW, GradAccumulator, OptimizerConfig};
+use crate::progress::{EpochMetrics, Reporter, RunInfo, StepMetrics};
 use crate::{Result, TrainError};
 
 /// The three DetailFusion stages (SPEC §4).
@@ -44,7 +46,7 @@ pub trait StageModel {
 
 /// Loop settings of one stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainerConfig {
     /// Passes over the data.
     pub epochs: usize,
@@ -125,12 +127,18 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
 /// Summary of a [`train`] call.
 #[derive(Debug, Clone)]
 pub struct TrainSummary {
+    /// The stage trained.
+    pub stage: Stage,
     /// Final loop state.
     pub state: TrainerState,
     /// Mean loss of the last epoch run.
     pub last_epoch_loss: f64,
     /// Whether `max_steps` stopped the run early.
     pub stopped_early: bool,
+    /// The epochs finished in this call.
+    pub epochs: Vec<EpochMetrics>,
+    /// Wall-clock seconds of this call.
+    pub seconds: f64,
 }
 
 /// Validation callback: a value to maximise.
@@ -138,10 +146,13 @@ pub type Validate<'a, M> = &'a dyn Fn(&M) -> Result<f64>;
 
 /// Callbacks of a run.
 pub struct Hooks<'a, M> {
-    /// Validation after each epoch; higher is better.
+    /// Validation after each epoch; higher is better. The best epoch is kept in
+    /// [`BEST`].
     pub validate: Option<Validate<'a, M>>,
     /// Called with each step's JSON log line (also written to `log.jsonl`).
     pub on_step: Option<&'a dyn Fn(&serde_json::Value)>,
+    /// Progress and metrics: bars, log lines, tables ([`crate::ProgressReporter`] or your own).
+    pub reporter: Option<&'a dyn Reporter>,
 }
 
 impl<M> Default for Hooks<'_, M> {
@@ -149,13 +160,35 @@ impl<M> Default for Hooks<'_, M> {
         Self {
             validate: None,
             on_step: None,
+            reporter: None,
         }
     }
 }
 
-/// Trains `stage` of `model` on `n_items` items; checkpoints go under `out`.
-/// With `resume`, continues from a checkpoint directory written by this function (the
-/// model itself must already have been loaded from it).
+struct JsonLog {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl JsonLog {
+    fn open(path: PathBuf) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| TrainError::io(&path, e))?;
+        Ok(Self { path, file })
+    }
+
+    fn write(&mut self, line: &serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{line}").map_err(|e| TrainError::io(&self.path, e))
+    }
+}
+
+/// Trains `stage` of `model` on `n_items` items; checkpoints go under `out`, metrics to
+/// `out/log.jsonl` (one `{"kind": "step"}` line per optimiser step, one `{"kind": "epoch"}`
+/// line per epoch). With `resume`, continues from a checkpoint directory written by this
+/// function (the model itself must already have been loaded from it).
 pub fn train<M: StageModel>(
     model: &M,
     stage: Stage,
@@ -182,6 +215,7 @@ pub fn train<M: StageModel>(
         )));
     }
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    let call_started = Instant::now();
     let steps_per_epoch = batches.div_ceil(cfg.optimizer.accumulation_steps);
     let total_steps = steps_per_epoch * cfg.epochs;
     let mut opt = AdamW::new(model.trainable(stage), cfg.optimizer.clone())?;
@@ -205,18 +239,41 @@ pub fn train<M: StageModel>(
         opt.load_state(&tensors)
             .map_err(|e| TrainError::checkpoint(&opt_file, e))?;
     }
-    let log_path = out.join("log.jsonl");
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| TrainError::io(&log_path, e))?;
+    let mut log = JsonLog::open(out.join("log.jsonl"))?;
+    if let Some(r) = hooks.reporter {
+        r.start(&RunInfo {
+            stage,
+            epochs: cfg.epochs,
+            steps_per_epoch,
+            total_steps,
+            start_step: state.global_step,
+            items: n_items,
+            batch_size: cfg.batch_size,
+        });
+    }
+    let mut summary = TrainSummary {
+        stage,
+        state: state.clone(),
+        last_epoch_loss: f64::NAN,
+        stopped_early: false,
+        epochs: vec![],
+        seconds: 0.0,
+    };
+    let finish =
+        |mut summary: TrainSummary, state: TrainerState, stopped_early: bool| -> Result<TrainSummary> {
+            summary.state = state;
+            summary.stopped_early = stopped_early;
+            summary.seconds = call_started.elapsed().as_secs_f64();
+            if let Some(r) = hooks.reporter {
+                r.finish(&summary);
+            }
+            Ok(summary)
+        };
     let mut acc = GradAccumulator::default();
     let mut steps_this_call = 0usize;
-    let mut last_epoch_loss = f64::NAN;
     while state.epoch < cfg.epochs {
         let order = epoch_order(n_items, cfg.seed, state.epoch);
-        let (mut loss_sum, mut loss_n) = (0f64, 0usize);
+        let (mut loss_sum, mut loss_n, mut items_seen) = (0f64, 0usize, 0usize);
         let started = Instant::now();
         while state.batch_in_epoch < batches {
             let b = state.batch_in_epoch;
@@ -232,6 +289,7 @@ pub fn train<M: StageModel>(
             acc.add(opt.collect(&loss.backward()?))?;
             loss_sum += loss_value;
             loss_n += 1;
+            items_seen += idx.len();
             state.batch_in_epoch += 1;
             let epoch_done = state.batch_in_epoch == batches;
             if acc.count() < cfg.optimizer.accumulation_steps && !epoch_done {
@@ -249,18 +307,25 @@ pub fn train<M: StageModel>(
             opt.step(&grads, lr)?;
             state.global_step += 1;
             steps_this_call += 1;
-            let elapsed = started.elapsed().as_secs_f64().max(1e-9);
-            let mut line = serde_json::json!({
-                "stage": stage, "epoch": state.epoch, "step": state.global_step, "loss": loss_value,
-                "lr": lr, "grad_norm": grad_norm,
-                "items_per_s": (state.batch_in_epoch * cfg.batch_size) as f64 / elapsed,
-            });
-            for (k, v) in parts {
-                line[k] = serde_json::json!(v);
-            }
-            writeln!(log, "{line}").map_err(|e| TrainError::io(&log_path, e))?;
+            let metrics = StepMetrics {
+                stage,
+                epoch: state.epoch,
+                step: state.global_step,
+                total_steps,
+                loss: loss_value,
+                lr,
+                grad_norm,
+                items_per_s: items_seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                elapsed_s: call_started.elapsed().as_secs_f64(),
+                parts,
+            };
+            let line = metrics.to_json();
+            log.write(&line)?;
             if let Some(f) = hooks.on_step {
                 f(&line);
+            }
+            if let Some(r) = hooks.reporter {
+                r.step(&metrics);
             }
             let periodic = cfg
                 .checkpoint_every
@@ -269,39 +334,47 @@ pub fn train<M: StageModel>(
                 write_checkpoint(model, &opt, &state, &out.join(LATEST))?;
             }
             if cfg.max_steps.is_some_and(|m| steps_this_call >= m) && !epoch_done {
-                return Ok(TrainSummary {
-                    state,
-                    last_epoch_loss: loss_sum / loss_n as f64,
-                    stopped_early: true,
-                });
+                summary.last_epoch_loss = loss_sum / loss_n as f64;
+                return finish(summary, state, true);
             }
         }
-        last_epoch_loss = loss_sum / loss_n.max(1) as f64;
+        let seconds = started.elapsed().as_secs_f64();
+        summary.last_epoch_loss = loss_sum / loss_n.max(1) as f64;
         state.epoch += 1;
         state.batch_in_epoch = 0;
+        let mut val = None;
+        let mut is_best = false;
         if let Some(validate) = hooks.validate {
             let value = validate(model)?;
-            let line = serde_json::json!({"stage": stage, "epoch": state.epoch - 1, "val": value, "loss": last_epoch_loss});
-            writeln!(log, "{line}").map_err(|e| TrainError::io(&log_path, e))?;
+            val = Some(value);
             if state.best.is_none_or(|b| value > b) {
                 state.best = Some(value);
+                is_best = true;
                 write_checkpoint(model, &opt, &state, &out.join(BEST))?;
             }
         }
         write_checkpoint(model, &opt, &state, &out.join(LATEST))?;
+        let em = EpochMetrics {
+            stage,
+            epoch: state.epoch - 1,
+            global_step: state.global_step,
+            loss: summary.last_epoch_loss,
+            val,
+            best: state.best,
+            is_best,
+            seconds,
+            items_per_s: items_seen as f64 / seconds.max(1e-9),
+        };
+        log.write(&em.to_json())?;
+        if let Some(r) = hooks.reporter {
+            r.epoch(&em);
+        }
+        summary.epochs.push(em);
         if cfg.max_steps.is_some_and(|m| steps_this_call >= m) && state.epoch < cfg.epochs {
-            return Ok(TrainSummary {
-                state,
-                last_epoch_loss,
-                stopped_early: true,
-            });
+            return finish(summary, state, true);
         }
     }
-    Ok(TrainSummary {
-        state,
-        last_epoch_loss,
-        stopped_early: false,
-    })
+    finish(summary, state, false)
 }
 
 /// Reads a checkpoint's loop state.
