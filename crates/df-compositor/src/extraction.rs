@@ -11,12 +11,12 @@ use crate::CompositorConfig;
 /// `out_proj`).
 #[derive(Debug, Clone)]
 pub struct CrossAttention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
-    heads: usize,
-    scale: f64,
+    pub(crate) q_proj: Linear,
+    pub(crate) k_proj: Linear,
+    pub(crate) v_proj: Linear,
+    pub(crate) out_proj: Linear,
+    pub(crate) heads: usize,
+    pub(crate) scale: f64,
 }
 
 impl CrossAttention {
@@ -69,10 +69,10 @@ impl CrossAttention {
 /// One branch's extraction: `c_b = LN(q_b + u_opp + u_same)`, then `LN(c_b + FFN(c_b))`.
 #[derive(Debug, Clone)]
 pub struct ExtractionBlock {
-    opposite: Option<CrossAttention>,
-    same: Option<CrossAttention>,
-    norm: LayerNorm,
-    ffn: Option<(Linear, Linear, LayerNorm)>,
+    pub(crate) opposite: Option<CrossAttention>,
+    pub(crate) same: Option<CrossAttention>,
+    pub(crate) norm: LayerNorm,
+    pub(crate) ffn: Option<(Linear, Linear, LayerNorm)>,
 }
 
 impl ExtractionBlock {
@@ -120,8 +120,8 @@ impl ExtractionBlock {
 /// The Fine-grained Feature Extraction Block for both branches (`di.*`, `gm.*`).
 #[derive(Debug, Clone)]
 pub struct FineGrainedExtraction {
-    di: ExtractionBlock,
-    gm: ExtractionBlock,
+    pub(crate) di: ExtractionBlock,
+    pub(crate) gm: ExtractionBlock,
 }
 
 impl FineGrainedExtraction {

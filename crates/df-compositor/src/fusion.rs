@@ -10,8 +10,8 @@ use crate::{CompositorConfig, FusionMode};
 /// Fuses the two global features with per-query weights (`mlp.fc1`, `mlp.fc2`).
 #[derive(Debug, Clone)]
 pub struct GlobalDetailFusion {
-    mlp: Option<(Linear, Linear)>,
-    mode: FusionMode,
+    pub(crate) mlp: Option<(Linear, Linear)>,
+    pub(crate) mode: FusionMode,
 }
 
 impl GlobalDetailFusion {

@@ -10,21 +10,27 @@
 
 mod config;
 mod extraction;
+mod fast;
 mod fusion;
 
 pub use config::{CompositorConfig, FusionMode};
 pub use extraction::{CrossAttention, ExtractionBlock, FineGrainedExtraction};
 pub use fusion::GlobalDetailFusion;
 
+use std::sync::Arc;
+
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use df_encoders::{BranchOutput, Compositor, FusedQuery};
+use fast::FastCompositor;
 
 /// The whole compositor: extraction then fusion. Weight names: `fine_grained.*`, `fusion.*`.
 #[derive(Debug, Clone)]
 pub struct AdaptiveCompositor {
     fine_grained: Option<FineGrainedExtraction>,
     fusion: GlobalDetailFusion,
+    /// The weights as plain rows for small CPU inference batches, when none is trainable.
+    fast: Option<Arc<FastCompositor>>,
 }
 
 impl AdaptiveCompositor {
@@ -35,10 +41,13 @@ impl AdaptiveCompositor {
             FusionMode::Fixed { .. } => None,
             _ => Some(FineGrainedExtraction::new(cfg, vb.pp("fine_grained"))?),
         };
-        Ok(Self {
+        let mut compositor = Self {
             fine_grained,
             fusion: GlobalDetailFusion::new(cfg, vb.pp("fusion"))?,
-        })
+            fast: None,
+        };
+        compositor.fast = FastCompositor::new(&compositor)?.map(Arc::new);
+        Ok(compositor)
     }
 
     /// The context features `(c_DI, c_GM)`, each `[B, P]`; `None` for fixed fusion.
@@ -53,6 +62,11 @@ impl AdaptiveCompositor {
 
 impl Compositor for AdaptiveCompositor {
     fn compose(&self, di: &BranchOutput, gm: &BranchOutput) -> df_encoders::Result<FusedQuery> {
+        if let Some(fast) = &self.fast {
+            if let Some(fused) = fast.compose(di, gm)? {
+                return Ok(fused);
+            }
+        }
         let ctx = self.context(di, gm)?;
         Ok(self.fusion.forward(ctx.as_ref(), &di.global, &gm.global)?)
     }

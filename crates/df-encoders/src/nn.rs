@@ -22,6 +22,21 @@ impl LayerNorm {
         let bias = vb.get_with_hints(size, "bias", candle_nn::Init::Const(0.0))?;
         Ok(Self { weight, bias, eps })
     }
+
+    /// The scale `[size]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The shift `[size]`.
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
+    /// The variance epsilon.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
 }
 
 impl Module for LayerNorm {
@@ -460,7 +475,7 @@ fn par_rows(out: &mut [f32], row: usize, min_len: usize, f: impl Fn(usize, &mut 
 /// `x·Φ(x)` with a rational `erf` approximation (Eigen's `generic_fast_erf_float`, error a
 /// few ulp), which vectorises where `libm::erff` does not.
 #[inline(always)]
-fn gelu_erf(v: f32) -> f32 {
+pub fn gelu_erf(v: f32) -> f32 {
     let x = (v * std::f32::consts::FRAC_1_SQRT_2).clamp(-4.0, 4.0);
     let x2 = x * x;
     let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
