@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use criterion::{BenchmarkId, Criterion, Throughput};
-use detailfusion::index::{FeatureDType, GalleryIndex, IndexInfo, SearchOptions};
+use detailfusion::index::{FeatureDType, FlatIndex, IndexInfo, SearchOptions};
 
 const P: usize = 256;
 const Q: usize = 32;
@@ -163,7 +163,7 @@ impl Machine {
     }
 }
 
-fn index_of(vectors: usize, dtype: FeatureDType) -> GalleryIndex {
+fn index_of(vectors: usize, dtype: FeatureDType) -> FlatIndex {
     let n = vectors / Q;
     let info = IndexInfo {
         fingerprint: "bench".into(),
@@ -175,10 +175,10 @@ fn index_of(vectors: usize, dtype: FeatureDType) -> GalleryIndex {
         config: None,
     };
     let names = (0..n).map(|i| format!("img{i:07}.jpg")).collect();
-    GalleryIndex::from_raw(info, names, unit_vectors(n * Q, vectors as u64), None).unwrap()
+    FlatIndex::from_raw(info, names, unit_vectors(n * Q, vectors as u64), None).unwrap()
 }
 
-fn bench_search(c: &mut Criterion, m: &mut Machine, label: &str, index: &GalleryIndex, batches: &[usize]) {
+fn bench_search(c: &mut Criterion, m: &mut Machine, label: &str, index: &FlatIndex, batches: &[usize]) {
     let vectors = index.len() * Q;
     let bytes_per = if index.dtype() == FeatureDType::F16 { 2 } else { 4 };
     let bytes = vectors * P * bytes_per;
@@ -230,7 +230,7 @@ fn bench_demo_query(c: &mut Criterion) {
         serde_json::from_str(&std::fs::read_to_string(dir.join("toy_preset.json")).unwrap()).unwrap();
     let data = ToyData::generate_splits(&preset.world, &[CirrSplit::Test1], false, &dev).unwrap();
     let gallery = model.encode_images(&data.pixels).unwrap();
-    let mut index = GalleryIndex::new(&model, FeatureDType::F32);
+    let mut index = FlatIndex::new(&model, FeatureDType::F32);
     let names = (0..data.pixels.dim(0).unwrap()).map(|i| format!("{i}")).collect();
     index.add_features(names, &gallery).unwrap();
     let searcher = index.searcher(&model).unwrap();
@@ -277,7 +277,7 @@ fn main() {
             // The same gallery memory-mapped from an index file.
             let path = std::env::temp_dir().join(format!("df-bench-{}.dfindex", std::process::id()));
             index.save(&path).unwrap();
-            let mapped = GalleryIndex::load(&path).unwrap();
+            let mapped = FlatIndex::load(&path).unwrap();
             assert!(mapped.is_mapped());
             bench_search(&mut c, &mut m, &format!("{label}/f32-mapped"), &mapped, &[1]);
             drop(mapped);

@@ -8,8 +8,7 @@ use candle_core::{Device, Tensor};
 use detailfusion::data::toy::{render, RenderOptions, Scene};
 use detailfusion::data::Rng;
 use detailfusion::index::{
-    load_query_images, FeatureDType, GalleryIndex, Hit, IndexError, IndexOptions, IndexProgress,
-    SearchOptions,
+    load_query_images, FeatureDType, FlatIndex, Hit, IndexError, IndexOptions, IndexProgress, SearchOptions,
 };
 use detailfusion::{Blip2Config, DetailFusion, DetailFusionConfig, GalleryMode, QueryFeatures, Variant};
 
@@ -166,7 +165,7 @@ fn build_save_load_and_search_match_brute_force() {
     let dir = gallery("build");
     let mut events: Vec<IndexProgress> = Vec::new();
     let (index, report) =
-        GalleryIndex::build_with_progress(&model, &dir, &quiet(), &mut |p| events.push(*p)).unwrap();
+        FlatIndex::build_with_progress(&model, &dir, &quiet(), &mut |p| events.push(*p)).unwrap();
 
     // Report: readable images indexed (sorted, relative, `/`), broken ones named, text skipped.
     let mut indexed = report.indexed.clone();
@@ -206,7 +205,7 @@ fn build_save_load_and_search_match_brute_force() {
     // Save, map, same content.
     let file = dir.join("gallery.dfindex");
     index.save(&file).unwrap();
-    let loaded = GalleryIndex::load_for(&file, &model).unwrap();
+    let loaded = FlatIndex::load_for(&file, &model).unwrap();
     assert!(loaded.is_mapped());
     assert_eq!(loaded.names(), index.names());
     assert_eq!(loaded.info(), index.info());
@@ -278,7 +277,7 @@ fn build_save_load_and_search_match_brute_force() {
 #[test]
 fn indexes_can_be_shared_between_threads() {
     fn send_sync<T: Send + Sync>() {}
-    send_sync::<GalleryIndex>();
+    send_sync::<FlatIndex>();
 }
 
 #[test]
@@ -292,11 +291,11 @@ fn per_branch_gallery_combines_both_branches_with_the_fusion_weights() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
     let dir = gallery("per-branch");
-    let (index, _) = GalleryIndex::build(&model, &dir, &quiet()).unwrap();
+    let (index, _) = FlatIndex::build(&model, &dir, &quiet()).unwrap();
     assert!(index.info().per_branch);
     let file = dir.join("pb.dfindex");
     index.save(&file).unwrap();
-    let loaded = GalleryIndex::load(&file).unwrap();
+    let loaded = FlatIndex::load(&file).unwrap();
     let feats = loaded.features().unwrap();
     let gm = feats.gm_tokens.as_ref().expect("gm_tokens stored");
     assert!(max_abs_diff(gm, &feats.tokens) > 1e-3);
@@ -316,16 +315,16 @@ fn add_and_remove_keep_the_other_features_bit_identical() {
     let dir = gallery("edit");
     let opts = quiet();
     // Index three of the images first.
-    let mut index = GalleryIndex::new(&model, FeatureDType::F32);
+    let mut index = FlatIndex::new(&model, FeatureDType::F32);
     let report = index
         .add_images(&model, &dir, &["a.png", "sub/c.png", "e.bmp"], &opts)
         .unwrap();
     assert_eq!(report.indexed, ["a.png", "sub/c.png", "e.bmp"]);
     let file = dir.join("edit.dfindex");
     index.save(&file).unwrap();
-    let mut mapped = GalleryIndex::load_for(&file, &model).unwrap();
+    let mut mapped = FlatIndex::load_for(&file, &model).unwrap();
     let before = mapped.features().unwrap().tokens;
-    let per_name = |idx: &GalleryIndex, t: &Tensor| -> HashMap<String, Vec<u32>> {
+    let per_name = |idx: &FlatIndex, t: &Tensor| -> HashMap<String, Vec<u32>> {
         idx.names()
             .iter()
             .enumerate()
@@ -346,7 +345,7 @@ fn add_and_remove_keep_the_other_features_bit_identical() {
         assert_eq!(&after[n], b, "{n}");
     }
     // A fresh full build gives the same features for the added images.
-    let (full, _) = GalleryIndex::build(&model, &dir, &opts).unwrap();
+    let (full, _) = FlatIndex::build(&model, &dir, &opts).unwrap();
     let fresh = per_name(&full, &full.features().unwrap().tokens);
     for n in &report.indexed {
         let a: Vec<f32> = after[n].iter().map(|b| f32::from_bits(*b)).collect();
@@ -363,7 +362,7 @@ fn add_and_remove_keep_the_other_features_bit_identical() {
         assert_eq!(&after[n], b, "{n}");
     }
     mapped.save(&file).unwrap();
-    let reloaded = GalleryIndex::load(&file).unwrap();
+    let reloaded = FlatIndex::load(&file).unwrap();
     assert_eq!(reloaded.names(), mapped.names());
     assert_eq!(per_name(&reloaded, &reloaded.features().unwrap().tokens), kept);
     let q = queries(&model, 2);
@@ -373,7 +372,7 @@ fn add_and_remove_keep_the_other_features_bit_identical() {
         .all(|h| h.len() == 4 && h.iter().all(|x| x.name != "b.png")));
 
     // Errors name the entry; nothing changes.
-    let mut edit = GalleryIndex::load(&file).unwrap();
+    let mut edit = FlatIndex::load(&file).unwrap();
     assert!(
         matches!(edit.remove(&["a.png", "nope.png"]), Err(IndexError::UnknownImage { name }) if name == "nope.png")
     );
@@ -400,19 +399,19 @@ fn add_and_remove_keep_the_other_features_bit_identical() {
         Err(IndexError::EmptyIndex)
     ));
     edit.save(dir.join("empty.dfindex")).unwrap();
-    assert!(GalleryIndex::load(dir.join("empty.dfindex")).unwrap().is_empty());
+    assert!(FlatIndex::load(dir.join("empty.dfindex")).unwrap().is_empty());
 }
 
 #[test]
 fn f16_index_is_within_tolerance() {
     let model = model(GalleryMode::SharedDi);
     let dir = gallery("f16");
-    let (f32_index, _) = GalleryIndex::build(&model, &dir, &quiet()).unwrap();
+    let (f32_index, _) = FlatIndex::build(&model, &dir, &quiet()).unwrap();
     let opts = IndexOptions {
         dtype: FeatureDType::F16,
         ..quiet()
     };
-    let (index, _) = GalleryIndex::build(&model, &dir, &opts).unwrap();
+    let (index, _) = FlatIndex::build(&model, &dir, &opts).unwrap();
     assert_eq!(index.dtype(), FeatureDType::F16);
     let file = dir.join("half.dfindex");
     index.save(&file).unwrap();
@@ -420,7 +419,7 @@ fn f16_index_is_within_tolerance() {
     let size = |p: &Path| std::fs::metadata(p).unwrap().len() as i64;
     let saved = size(&dir.join("full.dfindex")) - size(&file);
     assert!((saved - 6 * 4 * 16 * 2).abs() < 8, "{saved}"); // half the feature bytes
-    let loaded = GalleryIndex::load(&file).unwrap();
+    let loaded = FlatIndex::load(&file).unwrap();
     assert!(loaded.is_mapped());
     assert_eq!(loaded.info().dtype, FeatureDType::F16);
     let exact = f32_index.features().unwrap().tokens;
@@ -443,7 +442,7 @@ fn f16_index_is_within_tolerance() {
         assert_matches_brute_force(&hits, &brute, 5, &[]);
     }
     // Editing an f16 index keeps the others' half bits.
-    let mut edit = GalleryIndex::load(&file).unwrap();
+    let mut edit = FlatIndex::load(&file).unwrap();
     edit.remove(&["a.png"]).unwrap();
     assert_eq!(edit.dtype(), FeatureDType::F16);
     let i = loaded.position("b.png").unwrap();
@@ -459,7 +458,7 @@ fn saved_index(name: &str) -> (DetailFusion, PathBuf, PathBuf) {
     let dir = tmpdir(name);
     write_image(&dir.join("g/a.png"), 11);
     write_image(&dir.join("g/b.png"), 12);
-    let (index, _) = GalleryIndex::build(&model, dir.join("g"), &quiet()).unwrap();
+    let (index, _) = FlatIndex::build(&model, dir.join("g"), &quiet()).unwrap();
     let file = dir.join("i.dfindex");
     index.save(&file).unwrap();
     (model, dir, file)
@@ -483,7 +482,7 @@ fn damaged_and_foreign_files_are_refused_with_named_errors() {
     // Truncated: in the data, in the header, below the length prefix.
     for (name, cut) in [("t1", bytes.len() - 10), ("t2", h - 10), ("t3", 4)] {
         let p = write(name, &bytes[..cut]);
-        match GalleryIndex::load(&p) {
+        match FlatIndex::load(&p) {
             Err(IndexError::Corrupt { path, message, .. }) if cut > 8 => {
                 assert_eq!(path, p);
                 assert!(message.contains("truncated"), "{message}");
@@ -496,14 +495,14 @@ fn damaged_and_foreign_files_are_refused_with_named_errors() {
     let mut longer = bytes.clone();
     longer.extend_from_slice(b"xx");
     assert!(matches!(
-        GalleryIndex::load(write("long", &longer)),
+        FlatIndex::load(write("long", &longer)),
         Err(IndexError::Corrupt { .. })
     ));
 
     // Corrupt header JSON.
     let mut bad = bytes.clone();
     bad[h - 20..h - 10].copy_from_slice(b"@@@@@@@@@@");
-    match GalleryIndex::load(write("c1", &bad)) {
+    match FlatIndex::load(write("c1", &bad)) {
         Err(IndexError::Corrupt { entry, .. }) => assert_eq!(entry, "header"),
         other => panic!("{other:?}"),
     }
@@ -511,7 +510,7 @@ fn damaged_and_foreign_files_are_refused_with_named_errors() {
     let mut bad = bytes.clone();
     let n = bad.len();
     bad[n - 3] ^= 0x20;
-    match GalleryIndex::load(write("c2", &bad)) {
+    match FlatIndex::load(write("c2", &bad)) {
         Err(IndexError::Corrupt { entry, message, .. }) => {
             assert_eq!(entry, "names");
             assert!(message.contains("checksum"));
@@ -522,7 +521,7 @@ fn damaged_and_foreign_files_are_refused_with_named_errors() {
     let mut bad = bytes.clone();
     bad[h + 5] ^= 0x40;
     let p = write("c3", &bad);
-    let idx = GalleryIndex::load(&p).unwrap();
+    let idx = FlatIndex::load(&p).unwrap();
     match idx.verify() {
         Err(IndexError::Corrupt { entry, path, .. }) => {
             assert_eq!(entry, "tokens");
@@ -537,7 +536,7 @@ fn damaged_and_foreign_files_are_refused_with_named_errors() {
     let mut bad = bytes.clone();
     bad[8..h].copy_from_slice(bad_count.as_bytes());
     assert!(
-        matches!(GalleryIndex::load(write("c4", &bad)), Err(IndexError::Corrupt { entry, .. }) if entry == "q")
+        matches!(FlatIndex::load(write("c4", &bad)), Err(IndexError::Corrupt { entry, .. }) if entry == "q")
     );
 
     // Another version.
@@ -545,7 +544,7 @@ fn damaged_and_foreign_files_are_refused_with_named_errors() {
     assert_ne!(v2, text);
     let mut bad = bytes.clone();
     bad[8..h].copy_from_slice(v2.as_bytes());
-    match GalleryIndex::load(write("v2", &bad)) {
+    match FlatIndex::load(write("v2", &bad)) {
         Err(IndexError::Version { found, supported, .. }) => {
             assert_eq!((found.as_str(), supported), ("2", 1))
         }
@@ -553,21 +552,21 @@ fn damaged_and_foreign_files_are_refused_with_named_errors() {
     }
     // Other formats: an image, a model checkpoint (safetensors without our metadata), text.
     let png = dir.join("g/a.png");
-    assert!(matches!(GalleryIndex::load(&png), Err(IndexError::Format { path, .. }) if path == png));
+    assert!(matches!(FlatIndex::load(&png), Err(IndexError::Format { path, .. }) if path == png));
     let ckpt = enc_fixtures().join("hf/model.safetensors");
-    match GalleryIndex::load(&ckpt) {
+    match FlatIndex::load(&ckpt) {
         Err(e @ IndexError::Format { .. }) => {
             assert!(e.to_string().contains("not a detailfusion index"), "{e}")
         }
         other => panic!("{other:?}"),
     }
     assert!(matches!(
-        GalleryIndex::load(write("txt", &[b'x'; 100])),
+        FlatIndex::load(write("txt", &[b'x'; 100])),
         Err(IndexError::Format { .. })
     ));
     // Missing file.
     assert!(matches!(
-        GalleryIndex::load(dir.join("nope")),
+        FlatIndex::load(dir.join("nope")),
         Err(IndexError::Io { .. })
     ));
 }
@@ -575,7 +574,7 @@ fn damaged_and_foreign_files_are_refused_with_named_errors() {
 #[test]
 fn an_index_refuses_another_model() {
     let (model, _dir, file) = saved_index("other-model");
-    let index = GalleryIndex::load_for(&file, &model).unwrap();
+    let index = FlatIndex::load_for(&file, &model).unwrap();
     // Same weights and config: same fingerprint.
     let again = DetailFusion::from_blip2(
         &hf(),
@@ -620,11 +619,11 @@ fn an_index_refuses_another_model() {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            GalleryIndex::load_for(&file, other),
+            FlatIndex::load_for(&file, other),
             Err(IndexError::ModelMismatch { .. })
         ));
     }
-    let mut edit = GalleryIndex::load(&file).unwrap();
+    let mut edit = FlatIndex::load(&file).unwrap();
     assert!(matches!(
         edit.add_folder(&random, &file, &quiet()),
         Err(IndexError::ModelMismatch { .. })
@@ -640,7 +639,7 @@ fn empty_galleries_and_undecodable_queries_are_named() {
     let model = model(GalleryMode::SharedDi);
     // No files at all, only non-images, only broken images.
     let empty = tmpdir("empty");
-    match GalleryIndex::build(&model, &empty, &quiet()) {
+    match FlatIndex::build(&model, &empty, &quiet()) {
         Err(e @ IndexError::EmptyGallery { .. }) => {
             assert!(e.to_string().contains(&*empty.to_string_lossy()))
         }
@@ -648,12 +647,12 @@ fn empty_galleries_and_undecodable_queries_are_named() {
     }
     std::fs::write(empty.join("notes.txt"), b"hello").unwrap();
     assert!(matches!(
-        GalleryIndex::build(&model, &empty, &quiet()),
+        FlatIndex::build(&model, &empty, &quiet()),
         Err(IndexError::EmptyGallery { failed: 0, .. })
     ));
     std::fs::write(empty.join("x.png"), b"not a png").unwrap();
     std::fs::write(empty.join("y.jpg"), b"").unwrap();
-    match GalleryIndex::build(&model, &empty, &quiet()) {
+    match FlatIndex::build(&model, &empty, &quiet()) {
         Err(e @ IndexError::EmptyGallery { failed: 2, .. }) => {
             assert!(e.to_string().contains("2 image file"))
         }
@@ -661,11 +660,11 @@ fn empty_galleries_and_undecodable_queries_are_named() {
     }
     // Not a folder.
     assert!(matches!(
-        GalleryIndex::build(&model, empty.join("x.png"), &quiet()),
+        FlatIndex::build(&model, empty.join("x.png"), &quiet()),
         Err(IndexError::Io { .. })
     ));
     assert!(matches!(
-        GalleryIndex::build(&model, empty.join("missing"), &quiet()),
+        FlatIndex::build(&model, empty.join("missing"), &quiet()),
         Err(IndexError::Io { .. })
     ));
 

@@ -6,6 +6,11 @@
 //! # your own images
 //! cargo run --release --example retrieve -- --model weights/demo --gallery photos/ \
 //!     --image photos/cat.png --text "make it black" -k 10 --out results.png
+//! # the same gallery in an approximate (usearch) or a Milvus index
+//! cargo run --release --features usearch --example retrieve -- ... --index usearch:photos.usearch
+//! cargo run --release --features milvus --example retrieve -- ... --index milvus://127.0.0.1:19530/photos
+//! # search an existing index (any backend) directly; --root is where its images are
+//! cargo run --release --example retrieve -- --gallery photos.safetensors --image ... --text ...
 //! ```
 
 mod sheet;
@@ -17,7 +22,10 @@ use candle_core::{Device, Tensor};
 use clap::Parser;
 use detailfusion::data::cirr::CirrSplit;
 use detailfusion::data::toy::{ToyConfig, ToyWorld};
-use detailfusion::index::{GalleryIndex, Hit, IndexOptions, SearchOptions};
+use detailfusion::index::{
+    create_index, open_index, open_or_create_index, BackendOptions, FeatureDType, GalleryIndex, Hit,
+    IndexInfo, IndexOptions, IndexUri, SearchOptions,
+};
 use detailfusion::{DetailFusion, TextProcessor};
 use image::RgbImage;
 
@@ -27,9 +35,19 @@ struct Args {
     /// A saved DetailFusion model directory, or a BLIP-2 checkpoint (directory, hub id, .pth).
     #[arg(long)]
     model: Option<String>,
-    /// A folder of images, or an index file (`.safetensors`) built from one.
+    /// A folder of images, or an existing index: a flat index file (`.safetensors`),
+    /// `usearch:<path>` or `milvus://host:port/collection`.
     #[arg(long)]
     gallery: Option<PathBuf>,
+    /// Where to keep the index of a gallery folder: a path (flat), `usearch:<path>` or
+    /// `milvus://host:port/collection` (default: a flat file in --cache-dir). New images in the
+    /// folder are encoded and added on each run.
+    #[arg(long)]
+    index: Option<String>,
+    /// The folder the names in an index given as --gallery are relative to (for the contact
+    /// sheets; default: the index file's folder, or `.` for Milvus).
+    #[arg(long)]
+    root: Option<PathBuf>,
     /// The reference image.
     #[arg(long)]
     image: Option<PathBuf>,
@@ -74,33 +92,60 @@ fn load_model(spec: &str) -> Result<(DetailFusion, TextProcessor, bool)> {
     Ok((model, text, !is_detailfusion))
 }
 
-fn open_index(model: &DetailFusion, gallery: &Path, cache: &Path) -> Result<(GalleryIndex, PathBuf)> {
-    if gallery.is_file() {
-        let index = GalleryIndex::load_for(gallery, model)?;
-        let root = gallery.parent().unwrap_or(Path::new(".")).to_path_buf();
+/// Opens the index of `gallery` (a folder, indexed into `index` or a cached flat file, or an
+/// index location itself) and returns it with the folder its names are relative to.
+fn open_gallery(
+    model: &DetailFusion,
+    gallery: &Path,
+    index: Option<&str>,
+    root: Option<&Path>,
+    cache: &Path,
+) -> Result<(Box<dyn GalleryIndex>, PathBuf)> {
+    let opts = BackendOptions::default();
+    if !gallery.is_dir() {
+        let uri = gallery.to_string_lossy();
+        let index = open_index(&uri, &opts)?;
+        index.check_model(model)?;
+        let root = match (root, IndexUri::parse(&uri)?) {
+            (Some(r), _) => r.to_path_buf(),
+            (None, IndexUri::Flat(p) | IndexUri::Usearch(p)) => {
+                p.parent().unwrap_or(Path::new(".")).to_path_buf()
+            }
+            (None, IndexUri::Milvus { .. }) => PathBuf::from("."),
+        };
         return Ok((index, root));
     }
-    std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
-    let file = cache.join(format!("index-{}.safetensors", model.fingerprint()));
-    let index = match GalleryIndex::load_for(&file, model) {
-        Ok(mut index) => {
-            // Pick up images added since the index was built, encoding only those.
-            let report = index.add_folder(model, gallery, &IndexOptions::default())?;
-            if !report.indexed.is_empty() {
-                index.save(&file)?;
-            }
-            index
-        }
-        Err(_) => {
-            let (index, report) = GalleryIndex::build(model, gallery, &IndexOptions::default())?;
-            for f in &report.failed {
-                eprintln!("skipped {}: {}", f.path.display(), f.message);
-            }
-            index.save(&file)?;
-            eprintln!("index of {} images cached at {}", index.len(), file.display());
-            index
+    let info = IndexInfo::for_model(model, FeatureDType::F32);
+    let (uri, cached) = match index {
+        Some(u) => (u.to_string(), false),
+        None => {
+            std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+            let file = cache.join(format!("index-{}.safetensors", model.fingerprint()));
+            (file.to_string_lossy().into_owned(), true)
         }
     };
+    let mut index = match open_or_create_index(&uri, info.clone(), &opts) {
+        Ok(index) => index,
+        Err(e) if cached => {
+            // A damaged cache is rebuilt.
+            eprintln!("rebuilding the cached index ({e})");
+            std::fs::remove_file(&uri).with_context(|| format!("removing {uri}"))?;
+            create_index(&uri, info, &opts)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Encode only the images the index does not hold yet.
+    let report = index.add_folder(model, gallery, &IndexOptions::default())?;
+    for f in &report.failed {
+        eprintln!("skipped {}: {}", f.path.display(), f.message);
+    }
+    if index.is_empty() {
+        bail!("gallery {}: no images found", gallery.display());
+    }
+    if !report.indexed.is_empty() {
+        index.persist()?;
+        eprintln!("{} index of {} images at {uri}", index.backend(), index.len());
+    }
     Ok((index, gallery.to_path_buf()))
 }
 
@@ -114,7 +159,7 @@ struct Query {
 fn run_queries(
     model: &DetailFusion,
     text: &TextProcessor,
-    index: &GalleryIndex,
+    index: &dyn GalleryIndex,
     queries: &[Query],
     k: usize,
 ) -> Result<Vec<(Vec<Hit>, [f32; 2])>> {
@@ -288,7 +333,13 @@ fn main() -> Result<()> {
         }
         _ => bail!("give all of --gallery, --image and --text, or none of them for the demo"),
     };
-    let (index, root) = open_index(&model, &gallery, &args.cache_dir)?;
+    let (index, root) = open_gallery(
+        &model,
+        &gallery,
+        args.index.as_deref(),
+        args.root.as_deref(),
+        &args.cache_dir,
+    )?;
     let mut queries = queries;
     for q in &mut queries {
         // Leave the reference out of its own results when it is in the gallery.
@@ -300,7 +351,7 @@ fn main() -> Result<()> {
                 .map(|p| p.to_string_lossy().replace('\\', "/"));
         }
     }
-    let results = run_queries(&model, &text, &index, &queries, args.k)?;
+    let results = run_queries(&model, &text, index.as_ref(), &queries, args.k)?;
     for (i, (q, (hits, w))) in queries.iter().zip(&results).enumerate() {
         print_results(q, hits, *w);
         let out = match &args.out {

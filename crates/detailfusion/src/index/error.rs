@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 /// Everything that can go wrong while building, loading, saving, updating or searching a
-/// [`crate::index::GalleryIndex`]. Each variant names the file, image or entry at fault.
+/// [`crate::index::GalleryIndex`] of any backend. Each variant names the file, image, entry,
+/// server or collection at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
     /// A file or folder could not be read or written.
@@ -94,6 +95,69 @@ pub enum IndexError {
         /// The argument.
         name: String,
         /// What is wrong.
+        message: String,
+    },
+    /// An index location (`path`, `usearch:path`, `milvus://host:port/collection`) that cannot
+    /// be used.
+    #[error("index location `{uri}`: {message}")]
+    Uri {
+        /// The location as given.
+        uri: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An operation this backend does not offer (e.g. per-branch galleries on usearch).
+    #[error("{backend} index: {message}")]
+    Unsupported {
+        /// The backend (`flat`, `usearch`, `milvus`).
+        backend: &'static str,
+        /// What is not supported, and what to use instead.
+        message: String,
+    },
+    /// The engine behind an index failed (usearch library error, or a Milvus server error).
+    #[error("{backend} index {location}: {message}")]
+    Backend {
+        /// The backend (`usearch`, `milvus`).
+        backend: &'static str,
+        /// The file or `server/collection`.
+        location: String,
+        /// The engine's message.
+        message: String,
+    },
+    /// A server could not be reached (down, refusing, or timing out) after bounded retries.
+    #[error("milvus server {endpoint} unreachable after {attempts} attempt(s) ({during}): {message}")]
+    Unreachable {
+        /// The server (`http://host:port`).
+        endpoint: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The operation (`connect`, `insert`, `search`, …).
+        during: String,
+        /// The last error.
+        message: String,
+    },
+    /// A collection exists but is not a DetailFusion gallery of the expected shape.
+    #[error("milvus collection {collection}: wrong schema: {message}")]
+    Schema {
+        /// `server/collection`.
+        collection: String,
+        /// What does not match.
+        message: String,
+    },
+    /// Some batches of an insert reached the engine and others did not: the gallery now holds
+    /// `inserted` but not `failed`.
+    #[error(
+        "{location}: partial insert: {} image(s) inserted, {} not inserted (first: `{}`): {message}",
+        inserted.len(), failed.len(), failed.first().map(String::as_str).unwrap_or("")
+    )]
+    PartialInsert {
+        /// `server/collection` or file.
+        location: String,
+        /// Names of the images that were inserted (whole: all `Q` token vectors).
+        inserted: Vec<String>,
+        /// Names of the images that were not inserted.
+        failed: Vec<String>,
+        /// Why the rest failed.
         message: String,
     },
     /// From the model (encoding images or queries).
