@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use df_data::cirr::CirrDataset;
 use df_data::fashioniq::FashionIqDataset;
 use df_data::{CirSample, Gallery};
@@ -47,10 +47,11 @@ pub fn gallery_vit_features(
 }
 
 /// Gallery features from ViT features.
+/// (ViT features may be in a reduced precision: they are cast to `f32` batch by batch.)
 pub fn gallery_features(model: &DetailFusion, feats: &[Tensor]) -> Result<GalleryFeatures> {
     let mut parts = vec![];
     for chunk in feats.chunks(128) {
-        parts.push(model.encode_image_embeds(&Tensor::stack(chunk, 0)?)?);
+        parts.push(model.encode_image_embeds(&Tensor::stack(chunk, 0)?.to_dtype(DType::F32)?)?);
     }
     let tokens = Tensor::cat(&parts.iter().map(|g| &g.tokens).collect::<Vec<_>>(), 0)?;
     let gm = parts
@@ -87,13 +88,15 @@ pub fn sample_scores(
         let texts: Vec<String> = chunk.iter().map(|s| s.query_text()).collect();
         let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
         let tb = text.encode_batch(&texts, model.device())?;
-        let q = model.encode_query_embeds(&Tensor::stack(&refs, 0)?, &tb.input_ids, &tb.attention_mask)?;
+        let refs = Tensor::stack(&refs, 0)?.to_dtype(DType::F32)?;
+        let q = model.encode_query_embeds(&refs, &tb.input_ids, &tb.attention_mask)?;
         scores.extend(model.score(&q, features)?.to_vec2::<f32>()?);
     }
     Ok(scores)
 }
 
-fn cirr_queries(samples: &[CirSample]) -> Vec<CirrQuery> {
+/// The CIRR queries of `samples` (for the metric functions of [`df_train::eval`]).
+pub fn cirr_queries(samples: &[CirSample]) -> Vec<CirrQuery> {
     samples
         .iter()
         .map(|s| CirrQuery {
@@ -119,6 +122,48 @@ fn scores_for(
     let vit = gallery_vit_features(model, gallery, log)?;
     let features = gallery_features(model, &vit)?;
     sample_scores(model, text, samples, gallery, &vit, &features)
+}
+
+/// CIRR val metrics from precomputed ViT features of `data.gallery` (in gallery order).
+pub fn evaluate_cirr_features(
+    model: &DetailFusion,
+    text: &TextProcessor,
+    data: &CirrDataset,
+    vit: &[Tensor],
+) -> Result<CirrMetrics> {
+    let features = gallery_features(model, vit)?;
+    let scores = sample_scores(model, text, &data.samples, &data.gallery, vit, &features)?;
+    let names: Vec<&str> = data.gallery.names().collect();
+    cirr_val_metrics(&cirr_queries(&data.samples), &names, &scores).map_err(eval_err)
+}
+
+/// Fashion IQ val metrics from precomputed ViT features of each category's gallery.
+pub fn evaluate_fashioniq_features(
+    model: &DetailFusion,
+    text: &TextProcessor,
+    categories: &[FashionIqDataset],
+    vit: &[Vec<Tensor>],
+) -> Result<FiqMetrics> {
+    let mut per = Vec::<FiqCategoryMetrics>::new();
+    for (data, vit) in categories.iter().zip(vit) {
+        let features = gallery_features(model, vit)?;
+        let scores = sample_scores(model, text, &data.samples, &data.gallery, vit, &features)?;
+        per.push(fiq_metrics(data, &scores)?);
+    }
+    FiqMetrics::from_categories(per).map_err(eval_err)
+}
+
+fn fiq_metrics(data: &FashionIqDataset, scores: &[Vec<f32>]) -> Result<FiqCategoryMetrics> {
+    let names: Vec<&str> = data.gallery.names().collect();
+    let queries: Vec<FiqQuery> = data
+        .samples
+        .iter()
+        .map(|s| FiqQuery {
+            candidate: s.reference.clone(),
+            target: s.target.clone().unwrap_or_default(),
+        })
+        .collect();
+    fiq_category_metrics(data.category.name(), &queries, &names, scores).map_err(eval_err)
 }
 
 /// CIRR val: Recall@{1,5,10,50}, Recall_subset@{1,2,3}, Avg (reference removed).
@@ -158,16 +203,7 @@ pub fn evaluate_fashioniq(
     let mut per = Vec::<FiqCategoryMetrics>::new();
     for data in categories {
         let scores = scores_for(model, text, &data.samples, &data.gallery, log)?;
-        let names: Vec<&str> = data.gallery.names().collect();
-        let queries: Vec<FiqQuery> = data
-            .samples
-            .iter()
-            .map(|s| FiqQuery {
-                candidate: s.reference.clone(),
-                target: s.target.clone().unwrap_or_default(),
-            })
-            .collect();
-        per.push(fiq_category_metrics(data.category.name(), &queries, &names, &scores).map_err(eval_err)?);
+        per.push(fiq_metrics(data, &scores)?);
     }
     FiqMetrics::from_categories(per).map_err(eval_err)
 }

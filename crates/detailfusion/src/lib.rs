@@ -19,7 +19,7 @@ mod init;
 mod model;
 mod pretrain;
 pub mod toy;
-mod training;
+pub mod training;
 pub mod vit_cache;
 
 pub use df_compositor as compositor;

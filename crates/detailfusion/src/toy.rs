@@ -14,8 +14,7 @@ use df_train::eval::{cirr_val_metrics, CirrMetrics, CirrQuery};
 use df_train::{train, Hooks, LossConfig, OptimizerConfig, Schedule, Stage, TrainerConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::{DetailFusion, DetailFusionConfig, DetailFusionError, ItcPretrainer, Result, StageTrainer};
-use crate::{TrainItem, TrainingData};
+use crate::{DetailFusion, DetailFusionConfig, DetailFusionError, ItcPretrainer, Result, TrainItem};
 
 /// Every setting of a toy run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -311,115 +310,22 @@ pub struct ToyReport {
 }
 
 /// Runs stages 0–3 of `preset` and writes the final model to `out/model` (plus the stage-0
-/// BLIP-2 checkpoint to `out/blip2`, and the tokenizer next to both).
+/// BLIP-2 checkpoint to `out/blip2`, each stage's result to `out/stage<N>/model`, and the
+/// tokenizer next to each). Step lines go to `log` as JSON; for progress bars, stage
+/// selection and resuming see [`crate::training::toy_stages::run_toy_stages`].
 pub fn run(preset: &ToyPreset, out: &Path, log: &dyn Fn(&str)) -> Result<(DetailFusion, ToyReport)> {
-    let dev = Device::Cpu;
-    let mut seconds = vec![];
-    let mut clock = std::time::Instant::now();
-    let mut lap = |name: &str, seconds: &mut Vec<(String, f64)>| {
-        seconds.push((name.to_string(), clock.elapsed().as_secs_f64()));
-        clock = std::time::Instant::now();
+    let opts = crate::training::toy_stages::ToyRunOptions {
+        stages: vec![0, 1, 2, 3],
+        resume: false,
+        reporter: None,
+        log,
     };
-    let data = ToyData::generate(&preset.world, &dev)?;
-    log(&format!(
-        "world: {} images, vocab {}",
-        data.captions.len(),
-        data.text.vocab_size()
-    ));
-    lap("world", &mut seconds);
-
-    let hook = |v: &serde_json::Value| log(&format!("{v}"));
-    let mut blip2 = preset.blip2.clone();
-    blip2.qformer_config.vocab_size = data.text.vocab_size();
-    blip2.vision_config.image_size = preset.world.image_size as usize;
-    let blip2_dir = match &preset.stage0_checkpoint {
-        Some(dir) => {
-            log(&format!("stage 0: reusing {}", dir.display()));
-            dir.clone()
-        }
-        None => {
-            let dir = out.join("blip2");
-            pretrain(preset, &data, &blip2, &out.join("stage0"), &dir, &hook)?;
-            dir
-        }
-    };
-    let blip2 = Blip2Config::from_file(blip2_dir.join("config.json"))?;
-    lap("stage0", &mut seconds);
-
-    let mut cfg = preset
-        .model
-        .clone()
-        .unwrap_or_else(|| DetailFusionConfig::from_blip2(blip2.clone()));
-    cfg.blip2 = blip2.clone();
-    cfg.compositor.hidden_size = blip2.image_text_hidden_size;
-    cfg.image_processor = ImageProcessor::new(blip2.vision_config.image_size);
-    let model = DetailFusion::from_blip2(&blip2_dir.to_string_lossy(), Some(cfg), &dev)?;
-    // The frozen ViT runs once per scene; a rerun with the same backbone reads the cache.
-    let pixels = |rows: &[usize]| -> Result<Tensor> {
-        let ids = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &dev)?;
-        Ok(data.pixels.index_select(&ids, 0)?)
-    };
-    let cache = blip2_dir.join("vit_cache.safetensors");
-    let feats = crate::vit_cache::cached_vit_features(&model, &data.keys(), &cache, &pixels)?;
-    lap("vit_features", &mut seconds);
-    let mut test = vec![(
-        "blip2".to_string(),
-        evaluate(&model, &data, &feats, CirrSplit::Test1)?,
-    )];
-    log(&format!("zero-shot test: {}", test[0].1.avg));
-
-    let (edits, queries) = data.items();
-    let losses = preset.losses.clone();
-    let stages: [(Stage, Option<&TrainerConfig>, Vec<TrainItem>, &str); 3] = [
-        (Stage::Di, preset.stage1.as_ref(), edits, "stage1"),
-        (Stage::Joint, Some(&preset.stage2), queries.clone(), "stage2"),
-        (Stage::Compositor, Some(&preset.stage3), queries, "stage3"),
-    ];
-    for (stage, cfg, items, name) in stages {
-        let Some(cfg) = cfg else { continue };
-        let needs = match stage {
-            Stage::Di => model.di().is_some(),
-            Stage::Compositor => model.compositor().is_some(),
-            _ => true,
-        };
-        if !needs || items.is_empty() {
-            continue;
-        }
-        let td = TrainingData {
-            items,
-            image_feats: feats.clone(),
-            text: data.text.clone(),
-        };
-        let trainer = StageTrainer::new(&model, &td, losses.clone());
-        let hooks = Hooks {
-            validate: None,
-            on_step: Some(&hook),
-            reporter: None,
-        };
-        train(
-            &trainer,
-            stage,
-            td.items.len(),
-            cfg,
-            &out.join(name),
-            None,
-            &hooks,
-        )?;
-        let m = evaluate(&model, &data, &feats, CirrSplit::Test1)?;
-        log(&format!(
-            "{name} test: R@1 {:.2} Rs@1 {:.2} avg {:.2}",
-            m.recall_at1, m.recall_subset_at1, m.avg
-        ));
-        test.push((name.to_string(), m));
-        lap(name, &mut seconds);
-    }
-    let model_dir = out.join("model");
-    model.save(&model_dir)?;
-    write_tokenizer(&data, &model_dir)?;
-    Ok((model, ToyReport { test, seconds }))
+    let (model, report) = crate::training::toy_stages::run_toy_stages(preset, out, &opts)?;
+    let model = model.ok_or_else(|| DetailFusionError::Variant("the toy run trained no model".into()))?;
+    Ok((model, report))
 }
 
-fn write_tokenizer(data: &ToyData, dir: &Path) -> Result<()> {
+pub(crate) fn write_tokenizer(data: &ToyData, dir: &Path) -> Result<()> {
     let path = dir.join("tokenizer.json");
     data.text
         .tokenizer()
@@ -432,13 +338,13 @@ fn write_tokenizer(data: &ToyData, dir: &Path) -> Result<()> {
 
 /// Stage 0 on an even subsample of the training images; writes a Hugging Face checkpoint
 /// (with the tokenizer) to `dir`.
-fn pretrain(
+pub(crate) fn pretrain(
     preset: &ToyPreset,
     data: &ToyData,
     blip2: &Blip2Config,
     run_dir: &Path,
     dir: &Path,
-    hook: &dyn Fn(&serde_json::Value),
+    hooks: &Hooks<ItcPretrainer>,
 ) -> Result<()> {
     let mut rows = data.train_rows();
     if rows.len() > preset.stage0_max_images && preset.stage0_max_images > 0 {
@@ -456,20 +362,7 @@ fn pretrain(
         data.text.clone(),
         &dev,
     )?;
-    let hooks = Hooks {
-        validate: None,
-        on_step: Some(hook),
-        reporter: None,
-    };
-    train(
-        &pre,
-        Stage::Itc,
-        rows.len(),
-        &preset.stage0,
-        run_dir,
-        None,
-        &hooks,
-    )?;
+    train(&pre, Stage::Itc, rows.len(), &preset.stage0, run_dir, None, hooks)?;
     pre.save_hf(dir)?;
     write_tokenizer(data, dir)
 }

@@ -1,5 +1,12 @@
 //! The model side of the three training stages (SPEC §4): which variables each stage trains
-//! and its loss, over cached frozen-ViT features.
+//! and its loss, over cached frozen-ViT features; and the staged runs built on it: on the
+//! benchmarks ([`real`]) and on the toy world ([`toy_stages`]), with the on-disk layout of
+//! [`stages`] and the mixed-precision frozen ViT of [`vision`].
+
+pub mod real;
+pub mod stages;
+pub mod toy_stages;
+pub mod vision;
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -26,7 +33,8 @@ pub struct TrainItem {
 pub struct TrainingData {
     /// The triplets.
     pub items: Vec<TrainItem>,
-    /// ViT features after `ln_vision`, one `[T, W]` tensor per unique image.
+    /// ViT features after `ln_vision`, one `[T, W]` tensor per unique image, in `f32` or in
+    /// the frozen parts' reduced precision (cast to `f32` per batch).
     pub image_feats: Vec<Tensor>,
     /// Tokenizer and text clean-up.
     pub text: TextProcessor,
@@ -53,9 +61,15 @@ impl<'a> StageTrainer<'a> {
         }
     }
 
+    /// The model being trained.
+    pub fn model(&self) -> &DetailFusion {
+        self.model
+    }
+
     fn gather(&self, images: impl Iterator<Item = usize>) -> candle_core::Result<Tensor> {
         let feats: Vec<&Tensor> = images.map(|i| &self.data.image_feats[i]).collect();
-        Tensor::stack(&feats, 0)
+        // Trainable parts run in f32 whatever the frozen ViT ran in.
+        Tensor::stack(&feats, 0)?.to_dtype(candle_core::DType::F32)
     }
 
     fn batch(&self, idx: &[usize]) -> crate::Result<(Tensor, Tensor, Tensor, Tensor)> {
