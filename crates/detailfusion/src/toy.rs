@@ -71,7 +71,7 @@ impl Default for ToyPreset {
             stage0_max_images: 6000,
             stage0_checkpoint: None,
             stage1: Some(stage_cfg(6, 32, 3e-4, 1)),
-            stage2: stage_cfg(8, 32, 3e-4, 2),
+            stage2: stage_cfg(12, 64, 5e-4, 2),
             stage3: stage_cfg(10, 64, 1e-3, 3),
             losses: LossConfig::default(),
         }
