@@ -51,17 +51,7 @@ fn rel(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar()
         .unwrap();
-    let d: f32 = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    d / scale.max(1e-6)
+    detailfusion::encoders::nn::max_abs_diff(a, b).unwrap() / scale.max(1e-6)
 }
 
 fn check(name: &str, got: &Tensor, want: &Tensor) {

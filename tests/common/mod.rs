@@ -17,16 +17,7 @@ pub fn hf() -> String {
 
 /// max |a − b|.
 pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    detailfusion::encoders::nn::max_abs_diff(a, b).unwrap()
 }
 
 /// A fresh, empty path under the temp dir, unique per test process.

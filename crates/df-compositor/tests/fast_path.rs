@@ -17,17 +17,7 @@ fn branch(b: usize, t: usize, p: usize) -> BranchOutput {
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    df_encoders::nn::max_abs_diff(a, b).unwrap()
 }
 
 /// Trainable (candle path) and frozen (fast path) compositors with the same random weights.

@@ -265,6 +265,19 @@ pub fn stack_linears(parts: &[&Linear]) -> Result<Option<(Linear, Vec<Linear>)>>
     Ok(Some((Linear::new(w, Some(b)), views)))
 }
 
+/// The largest absolute elementwise difference `max |a − b|` of two tensors of one shape, in
+/// `f32` (for parity checks against a reference implementation).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    if a.dims() != b.dims() {
+        candle_core::bail!("max_abs_diff: shapes {:?} and {:?} differ", a.dims(), b.dims());
+    }
+    (a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar()
+}
+
 /// Turns a `[B, S]` 0/1 mask (any dtype) into the additive `[B, 1, 1, S]` mask BERT uses
 /// (`0` kept, `-10000` masked).
 pub fn additive_mask(mask: &Tensor, dtype: DType) -> Result<Tensor> {

@@ -176,16 +176,7 @@ fn half_precision_weights_load_and_agree() {
             .text_features(&inputs["input_ids"], &inputs["attention_mask"])
             .unwrap();
         assert_eq!(feats.dtype(), dtype);
-        let d: f32 = (feats.to_dtype(DType::F32).unwrap() - &f32_feats)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d = df_encoders::nn::max_abs_diff(&feats, &f32_feats).unwrap();
         assert!(d < 0.1, "{dtype:?}: max diff {d}");
     }
 }

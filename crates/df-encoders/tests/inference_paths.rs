@@ -29,17 +29,7 @@ fn models() -> (Blip2Model, Blip2Model) {
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    df_encoders::nn::max_abs_diff(a, b).unwrap()
 }
 
 /// `[B, L]` ids and masks with the given real lengths (ids from a fixed pattern).

@@ -16,17 +16,7 @@ fn load(file: &str) -> HashMap<String, Tensor> {
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    df_encoders::nn::max_abs_diff(a, b).unwrap()
 }
 
 fn check(spec: &str, format: CheckpointFormat, prefix: &str) {
