@@ -6,6 +6,9 @@
 //! cargo run --release --example evaluate -- --dataset cirr --split test1 --data-root CIRR --model M --submission-dir out/
 //! cargo run --release --example evaluate -- --dataset fashioniq --data-root FIQ --model M
 //! ```
+//!
+//! A model written by `train` is a directory with `config.json`, `model.safetensors` and
+//! `tokenizer.json`: `runs/X/model`, `runs/X/stage<N>/model` or `runs/X/stage<N>/checkpoint-best`.
 
 use std::path::PathBuf;
 
@@ -38,6 +41,9 @@ struct Args {
     /// CIRR test1: where to write the two evaluation-server files.
     #[arg(long)]
     submission_dir: Option<PathBuf>,
+    /// `cpu` or `cuda` (needs the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Name inside the submission file names.
     #[arg(long, default_value = "detailfusion")]
     submission_name: String,
@@ -45,7 +51,11 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let dev = Device::Cpu;
+    let dev = match args.device.as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0).context("--device cuda (build with --features cuda)")?,
+        d => bail!("--device {d}: use cpu or cuda"),
+    };
     let model_dir = args
         .model
         .clone()

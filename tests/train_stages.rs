@@ -235,3 +235,20 @@ fn toy_stages_one_at_a_time_and_resumed() {
     assert!(report.test.is_empty());
     assert_eq!(rep.runs().len(), 4);
 }
+
+#[test]
+fn shipped_toy_preset_parses() {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/toy/preset.json");
+    let text = std::fs::read_to_string(&p).unwrap();
+    let preset: ToyPreset = detailfusion::train::config::parse_config(&p, &text).unwrap();
+    assert_eq!(preset.world.image_size, ToyPreset::default().world.image_size);
+    // A typo is refused with the file and the field.
+    let bad = text.replacen("\"batch_size\"", "\"batchsize\"", 1);
+    let e = detailfusion::train::config::parse_config::<ToyPreset>(&p, &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("preset.json") && e.contains("unknown field `batchsize`"),
+        "{e}"
+    );
+}
