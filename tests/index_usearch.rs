@@ -20,9 +20,12 @@ fn options(quantization: Quantization) -> UsearchOptions {
     }
 }
 
+// Other backends' settings exist when their features are on too.
+#[allow(clippy::needless_update)]
 fn backend(quantization: Quantization) -> BackendOptions {
     BackendOptions {
         usearch: options(quantization),
+        ..Default::default()
     }
 }
 

@@ -51,6 +51,8 @@ mod error;
 mod flat;
 mod format;
 mod kernel;
+#[cfg(feature = "milvus")]
+mod milvus;
 mod reduce;
 mod store;
 #[cfg(feature = "usearch")]
@@ -69,6 +71,8 @@ pub use error::{IndexError, Result};
 pub use flat::{FlatIndex, Searcher};
 pub use format::{FORMAT_NAME, FORMAT_VERSION};
 pub use kernel::{f16_to_f32, f32_to_f16, GEMM_MIN_BATCH};
+#[cfg(feature = "milvus")]
+pub use milvus::{image_id as milvus_image_id, MilvusIndex, MilvusOptions, MilvusVectorIndex};
 pub use reduce::{max_reduce, token_fetch_count};
 #[cfg(feature = "usearch")]
 pub use usearch::{Quantization, UsearchIndex, UsearchOptions};

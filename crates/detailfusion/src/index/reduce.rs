@@ -54,7 +54,7 @@ pub fn max_reduce(
 }
 
 /// `max_k ⟨q, z_k⟩` over the `Q` token vectors `tokens` (`[Q·P]`, row-major) of one image.
-#[cfg_attr(not(any(feature = "usearch", feature = "milvus")), allow(dead_code))]
+#[cfg_attr(not(feature = "usearch"), allow(dead_code))]
 pub(crate) fn max_dot(query: &[f32], tokens: &[f32]) -> f32 {
     tokens
         .chunks_exact(query.len().max(1))
