@@ -7,6 +7,12 @@
 //! `matmul` 2048×2048×2048); the summary at the end gives gallery GB/s and GFLOP/s next to them.
 //!
 //! `cargo bench --bench retrieval` (add `-- --quick` for a shorter run).
+//!
+//! With `--features usearch` it also measures the approximate backend on a synthetic
+//! clustered gallery (`DF_BENCH_USEARCH_IMAGES` images of 32 × 256, default 100,000; images
+//! scatter around cluster centres, tokens around their image): graph build time, query time
+//! next to the exact flat index, and recall@10 against it. `DF_BENCH_USEARCH_ONLY=1` skips the
+//! rest; `DF_BENCH_USEARCH_QUANT=f16,i8` picks the quantisations (default `f16`).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -247,8 +253,160 @@ fn bench_demo_query(c: &mut Criterion) {
     });
 }
 
+#[cfg(feature = "usearch")]
+#[path = "../tests/index_support/mod.rs"]
+mod index_support;
+
+/// Build and query time of usearch graphs, and their recall@10 against the flat index.
+#[cfg(feature = "usearch")]
+fn bench_usearch(c: &mut Criterion) {
+    use detailfusion::index::{GalleryIndex, Quantization, UsearchIndex, UsearchOptions};
+    use index_support::{clustered, features, info, queries, recall};
+    let images: usize = std::env::var("DF_BENCH_USEARCH_IMAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let quants: Vec<Quantization> = std::env::var("DF_BENCH_USEARCH_QUANT")
+        .unwrap_or_else(|_| "f16".into())
+        .split(',')
+        .map(|q| q.trim().parse().unwrap())
+        .collect();
+    let dir = std::env::temp_dir().join(format!("df-bench-usearch-{}", std::process::id()));
+    let info = info("bench", Q, P);
+
+    // Build time: a small graph built from scratch per sample.
+    let small = 1_000;
+    let (names_s, values_s) = clustered(small, Q, P, 3);
+    let feats_s = features(&names_s, &values_s, Q, P);
+    let mut group = c.benchmark_group("usearch/build");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements((small * Q) as u64));
+    for &quant in &quants {
+        let opts = UsearchOptions {
+            quantization: quant,
+            ..Default::default()
+        };
+        group.bench_function(
+            BenchmarkId::from_parameter(format!("{small}img/{}", quant.as_str())),
+            |b| {
+                b.iter(|| {
+                    let mut index = UsearchIndex::create(dir.join("b.usearch"), info.clone(), &opts).unwrap();
+                    index.add_features(names_s.clone(), &feats_s).unwrap();
+                    black_box(index.len())
+                })
+            },
+        );
+    }
+    group.finish();
+
+    // The large gallery: each graph (built in chunks), then the flat reference.
+    eprintln!(
+        "usearch: generating {images} synthetic clustered images ({} token vectors)",
+        images * Q
+    );
+    let (names, values) = clustered(images, Q, P, 1);
+    let nq = 200;
+    let qs = queries(&values, Q, P, nq, 5);
+    let q1 = qs.narrow(0, 0, 1).unwrap();
+    let opts = SearchOptions::top(K);
+    let path = |quant: Quantization| dir.join(format!("g-{}.usearch", quant.as_str()));
+    let mut builds = Vec::new();
+    for &quant in &quants {
+        let uopts = UsearchOptions {
+            quantization: quant,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let mut index = UsearchIndex::create(path(quant), info.clone(), &uopts).unwrap();
+        let chunk = 4096;
+        for (c, n) in names.chunks(chunk).enumerate() {
+            let v = &values[c * chunk * Q * P..(c * chunk + n.len()) * Q * P];
+            index.add_features(n.to_vec(), &features(n, v, Q, P)).unwrap();
+        }
+        builds.push(t.elapsed().as_secs_f64());
+        eprintln!(
+            "usearch {}: built in {:.1} s",
+            quant.as_str(),
+            t.elapsed().as_secs_f64()
+        );
+        index.persist().unwrap();
+    }
+    let flat = detailfusion::index::FlatIndex::from_raw(info.clone(), names, values, None).unwrap();
+    let t = Instant::now();
+    let want = flat.search_features(&qs, &opts).unwrap();
+    let flat_batch = t.elapsed().as_secs_f64();
+    let flat_one = best_time(
+        || drop(flat.search_features(&q1, &opts).unwrap()),
+        3,
+        Duration::from_secs(3),
+    );
+    drop(flat);
+    let mut rows = Vec::new();
+    for (&quant, build) in quants.iter().zip(builds) {
+        let uopts = UsearchOptions {
+            quantization: quant,
+            ..Default::default()
+        };
+        let mut index = UsearchIndex::open(path(quant), &uopts).unwrap();
+        assert!(index.is_mapped());
+        for (ef, overfetch) in [(64, 1.0), (64, 2.0), (128, 2.0), (256, 4.0)] {
+            index.set_expansion_search(ef);
+            index.set_overfetch(overfetch);
+            let got = index.search_features(&qs, &opts).unwrap();
+            let r = recall(&got, &want);
+            let one = best_time(
+                || drop(index.search_features(&q1, &opts).unwrap()),
+                5,
+                Duration::from_secs(2),
+            );
+            rows.push((quant, build, ef, overfetch, r, one));
+        }
+        let mut group = c.benchmark_group(format!("usearch/query/{images}img"));
+        group.sample_size(20);
+        index.set_expansion_search(64);
+        index.set_overfetch(2.0);
+        group.bench_function(
+            BenchmarkId::from_parameter(format!("{}/batch1", quant.as_str())),
+            |b| b.iter(|| black_box(index.search_features(&q1, &opts).unwrap())),
+        );
+        group.finish();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    println!();
+    println!(
+        "usearch on {images} synthetic clustered images ({} token vectors of {P}), {nq} queries, top-{K}; \
+         flat (exact): {:.1} ms/query at batch 1, {:.1} ms/query at batch {nq}",
+        images * Q,
+        flat_one * 1e3,
+        flat_batch * 1e3 / nq as f64
+    );
+    println!(
+        "{:<6} {:>10} {:>5} {:>9} {:>10} {:>12}",
+        "quant", "build s", "ef", "overfetch", "recall@10", "ms/query b1"
+    );
+    for (quant, build, ef, overfetch, r, one) in rows {
+        println!(
+            "{:<6} {:>10.1} {:>5} {:>9.1} {:>10.3} {:>12.2}",
+            quant.as_str(),
+            build,
+            ef,
+            overfetch,
+            r,
+            one * 1e3
+        );
+    }
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
+    #[cfg(feature = "usearch")]
+    {
+        bench_usearch(&mut c);
+        if std::env::var_os("DF_BENCH_USEARCH_ONLY").is_some() {
+            c.final_summary();
+            return;
+        }
+    }
     eprintln!("load average before: {}", loadavg());
 
     let mut m = Machine::new();

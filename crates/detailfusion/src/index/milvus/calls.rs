@@ -273,10 +273,10 @@ impl Conn {
         )?;
         let r = self.call("count", transient, || self.client.query(req.clone()))?;
         let rows = self.build(r.results().rows())?;
-        for row in rows {
-            return Ok(self.build(row.get_i64("count(*)"))?.max(0) as usize);
+        match rows.into_iter().next() {
+            Some(row) => Ok(self.build(row.get_i64("count(*)"))?.max(0) as usize),
+            None => Ok(0),
         }
-        Ok(0)
     }
 
     /// `(image_id, name)` of the rows matching `filter` (at most `limit`).
