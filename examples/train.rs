@@ -75,7 +75,7 @@ struct Args {
     /// Benchmarks: override every stage's `precision` (auto, f32, bf16, f16).
     #[arg(long)]
     precision: Option<String>,
-    /// Benchmarks: override every stage's `max_steps` (a quick check).
+    /// Override every stage's `max_steps` (a quick check; the toy preset's stages too).
     #[arg(long)]
     max_steps: Option<usize>,
     /// `cpu` or `cuda` (benchmarks; needs the `cuda` feature).
@@ -124,6 +124,14 @@ fn toy_preset(args: &Args) -> Result<ToyPreset> {
             s.seed = seed.wrapping_mul(31).wrapping_add(7);
         }
     }
+    if let Some(m) = args.max_steps {
+        for s in [&mut preset.stage0, &mut preset.stage2, &mut preset.stage3]
+            .into_iter()
+            .chain(preset.stage1.as_mut())
+        {
+            s.max_steps = Some(m);
+        }
+    }
     Ok(preset)
 }
 
@@ -144,17 +152,23 @@ fn toy(args: &Args, reporter: &ProgressReporter, log: &dyn Fn(&str)) -> Result<(
     let (model, report) = run_toy_stages(&preset, &out, &opts)?;
     println!("\n{}", reporter.summary_table());
     print_toy_report(&report);
-    std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
-    if model.is_some() {
-        let dir = out.join(MODEL_DIR);
-        std::fs::write(
-            dir.join("toy_preset.json"),
-            serde_json::to_string_pretty(&preset)?,
-        )?;
+    let report_path = out.join("report.json");
+    std::fs::write(&report_path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", report_path.display()))?;
+    let dir = out.join(MODEL_DIR);
+    // A run stopped early (max_steps) saves no model: `--resume` continues it.
+    if model.is_some() && dir.join("config.json").is_file() {
+        let preset_path = dir.join("toy_preset.json");
+        std::fs::write(&preset_path, serde_json::to_string_pretty(&preset)?)
+            .with_context(|| format!("writing {}", preset_path.display()))?;
         if let Some((_, m)) = report.test.last() {
-            std::fs::write(dir.join("metrics.json"), serde_json::to_string_pretty(m)?)?;
+            let metrics_path = dir.join("metrics.json");
+            std::fs::write(&metrics_path, serde_json::to_string_pretty(m)?)
+                .with_context(|| format!("writing {}", metrics_path.display()))?;
         }
         println!("model: {}", dir.display());
+    } else if model.is_some() {
+        println!("stopped early (max_steps): no model saved; continue with --resume");
     }
     Ok(())
 }

@@ -338,12 +338,19 @@ pub fn summary_table(runs: &[(&str, &TrainSummary)]) -> String {
         "run", "epochs", "steps", "first loss", "last loss", "best val", "time", "items/s"
     );
     for (name, s) in runs {
-        let first = s.epochs.first().map_or(f64::NAN, |e| e.loss);
+        // A run stopped before its first epoch ended has no epoch figures: "-".
+        let first = s
+            .epochs
+            .first()
+            .map_or("-".to_string(), |e| format!("{:.4}", e.loss));
         let secs: f64 = s.epochs.iter().map(|e| e.seconds).sum();
-        let speed = s.epochs.last().map_or(f64::NAN, |e| e.items_per_s);
+        let speed = s
+            .epochs
+            .last()
+            .map_or("-".to_string(), |e| format!("{:.1}", e.items_per_s));
         let best = s.state.best.map_or("-".to_string(), |b| format!("{b:.4}"));
         out.push_str(&format!(
-            "{:<10} {:>6} {:>7} {:>10.4} {:>10.4} {:>9} {:>9} {:>9.1}{}\n",
+            "{:<10} {:>6} {:>7} {:>10} {:>10.4} {:>9} {:>9} {:>9}{}\n",
             name,
             s.state.epoch,
             s.state.global_step,
