@@ -3,15 +3,15 @@
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use detailfusion::index::{GalleryIndex, IndexOptions, SearchOptions};
+//! use detailfusion::index::{FlatIndex, IndexOptions, SearchOptions};
 //! # let model: detailfusion::DetailFusion = unimplemented!();
 //! # let queries: detailfusion::QueryFeatures = unimplemented!();
-//! let (index, report) = GalleryIndex::build(&model, "gallery/", &IndexOptions::default())?;
+//! let (index, report) = FlatIndex::build(&model, "gallery/", &IndexOptions::default())?;
 //! for f in &report.failed {
 //!     eprintln!("skipped {}: {}", f.path.display(), f.message);
 //! }
 //! index.save("gallery.dfindex")?;
-//! let index = GalleryIndex::load("gallery.dfindex")?; // memory-mapped
+//! let index = FlatIndex::load("gallery.dfindex")?; // memory-mapped
 //! let hits = index.search(&model, &queries, &SearchOptions::top(10))?;
 //! # Ok(()) }
 //! ```
