@@ -3,8 +3,8 @@
 mod index_support;
 
 use detailfusion::index::{
-    create_index, open_index, open_or_create_index, BackendOptions, GalleryIndex, IndexError, Quantization,
-    SearchOptions, UsearchIndex, UsearchOptions,
+    create_index, open_index, open_or_create_index, BackendOptions, GalleryIndex, Hit, IndexError,
+    Quantization, SearchOptions, UsearchIndex, UsearchOptions,
 };
 use index_support::*;
 
@@ -29,8 +29,29 @@ fn backend(quantization: Quantization) -> BackendOptions {
     }
 }
 
+/// HNSW is approximate and its multithreaded build is not deterministic, so an f32 graph may
+/// miss the odd hit: recall@10 against the flat index at least 0.95, and every hit it does find
+/// scored exactly (candidates are re-scored over all their stored vectors).
+fn near_exact(got: &[Vec<Hit>], want: &[Vec<Hit>]) {
+    let r = recall(got, want);
+    assert!(r >= 0.95, "recall@10 {r} against the flat index");
+    for (g, w) in got.iter().zip(want) {
+        for h in g {
+            if let Some(x) = w.iter().find(|x| x.name == h.name) {
+                assert!(
+                    (h.score - x.score).abs() <= 1e-5,
+                    "{}: score {} vs {}",
+                    h.name,
+                    h.score,
+                    x.score
+                );
+            }
+        }
+    }
+}
+
 #[test]
-fn f32_graph_finds_the_exact_top_k_with_exact_scores() {
+fn f32_graph_finds_the_top_k_with_exact_scores() {
     let dir = tmpdir("usearch-exact");
     let uri = format!("usearch:{}", dir.join("g.usearch").display());
     let info = info("m", Q, P);
@@ -55,7 +76,7 @@ fn f32_graph_finds_the_exact_top_k_with_exact_scores() {
         .unwrap();
     assert_eq!(index.len(), 300);
     let got = index.search_features(&queries, &opts).unwrap();
-    assert_same_hits(&got, &want, 1e-5);
+    near_exact(&got, &want);
     for (j, g) in got.iter().enumerate() {
         if j % 3 == 0 {
             assert!(
@@ -70,7 +91,7 @@ fn f32_graph_finds_the_exact_top_k_with_exact_scores() {
     let mut index = UsearchIndex::open(dir.join("g.usearch"), &options(Quantization::F32)).unwrap();
     assert!(index.is_mapped());
     assert_eq!(index.quantization(), Quantization::F32);
-    assert_same_hits(&index.search_features(&queries, &opts).unwrap(), &want, 1e-5);
+    near_exact(&index.search_features(&queries, &opts).unwrap(), &want);
     let gone: Vec<String> = want[1].iter().take(3).map(|h| h.name.clone()).collect();
     index.remove(&gone).unwrap();
     assert!(!index.is_mapped());
