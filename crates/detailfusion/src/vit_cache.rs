@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 use crate::{DetailFusion, DetailFusionError, Result};
 
@@ -17,11 +17,13 @@ fn text(t: &Tensor) -> Option<String> {
     String::from_utf8(t.to_vec1::<u8>().ok()?).ok()
 }
 
-fn bytes(s: &str, device: &candle_core::Device) -> candle_core::Result<Tensor> {
-    Tensor::new(s.as_bytes(), device)?.to_dtype(DType::U8)
-}
-
-fn load(path: &Path, fingerprint: &str, device: &candle_core::Device) -> Option<HashMap<String, Tensor>> {
+/// The cached features by key, or `None` when `path` is missing, unreadable or written for
+/// another fingerprint.
+pub(crate) fn read_cache(
+    path: &Path,
+    fingerprint: &str,
+    device: &candle_core::Device,
+) -> Option<HashMap<String, Tensor>> {
     let tensors = candle_core::safetensors::load(path, device).ok()?;
     if text(tensors.get(FINGERPRINT)?)? != fingerprint {
         return None;
@@ -57,7 +59,7 @@ pub fn cached_vit_features(
         ));
     }
     let fingerprint = model.fingerprint();
-    let mut cache = load(path, &fingerprint, model.device()).unwrap_or_default();
+    let mut cache = read_cache(path, &fingerprint, model.device()).unwrap_or_default();
     let missing: Vec<usize> = (0..keys.len())
         .filter(|&i| !cache.contains_key(&keys[i]))
         .collect();
@@ -68,24 +70,42 @@ pub fn cached_vit_features(
         }
     }
     if !missing.is_empty() {
-        let mut names: Vec<&String> = cache.keys().collect();
-        names.sort();
-        let feats = Tensor::stack(&names.iter().map(|k| &cache[*k]).collect::<Vec<_>>(), 0)?;
-        let joined = names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n");
-        let tensors = HashMap::from([
-            (FEATURES.to_string(), feats),
-            (KEYS.to_string(), bytes(&joined, model.device())?),
-            (FINGERPRINT.to_string(), bytes(&fingerprint, model.device())?),
-        ]);
-        let tmp = path.with_extension("tmp");
-        candle_core::safetensors::save(&tensors, &tmp).map_err(|e| DetailFusionError::Io {
-            path: tmp.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        std::fs::rename(&tmp, path).map_err(|source| DetailFusionError::Io {
-            path: path.into(),
+        write_cache(path, &fingerprint, &cache)?;
+    }
+    Ok(keys.iter().map(|k| cache[k].clone()).collect())
+}
+
+/// Writes `known` (keys without newlines) with `fingerprint` to `path` atomically.
+pub(crate) fn write_cache(path: &Path, fingerprint: &str, known: &HashMap<String, Tensor>) -> Result<()> {
+    if known.keys().any(|k| k.contains('\n')) {
+        return Err(DetailFusionError::Variant(
+            "ViT cache keys cannot contain newlines".into(),
+        ));
+    }
+    let mut names: Vec<&String> = known.keys().collect();
+    names.sort();
+    let cpu = candle_core::Device::Cpu;
+    let feats = Tensor::stack(&names.iter().map(|k| &known[*k]).collect::<Vec<_>>(), 0)?.to_device(&cpu)?;
+    let joined = names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n");
+    let bytes = |s: &str| Tensor::new(s.as_bytes(), &cpu);
+    let tensors = HashMap::from([
+        (FEATURES.to_string(), feats),
+        (KEYS.to_string(), bytes(&joined)?),
+        (FINGERPRINT.to_string(), bytes(fingerprint)?),
+    ]);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| DetailFusionError::Io {
+            path: dir.into(),
             source,
         })?;
     }
-    Ok(keys.iter().map(|k| cache[k].clone()).collect())
+    let tmp = path.with_extension("tmp");
+    candle_core::safetensors::save(&tensors, &tmp).map_err(|e| DetailFusionError::Io {
+        path: tmp.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    std::fs::rename(&tmp, path).map_err(|source| DetailFusionError::Io {
+        path: path.into(),
+        source,
+    })
 }

@@ -9,7 +9,7 @@ use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use df_encoders::VisionModel;
 
-use crate::{DetailFusion, DetailFusionError, Result};
+use crate::{DetailFusion, Result};
 
 /// A copy of a model's frozen ViT in `dtype`.
 pub struct FrozenVision {
@@ -86,7 +86,8 @@ impl FrozenVision {
         pixels: &dyn Fn(&[usize]) -> Result<Tensor>,
         log: &dyn Fn(&str),
     ) -> Result<Vec<Tensor>> {
-        let mut known = read_cache(cache, &self.fingerprint, &self.device).unwrap_or_default();
+        let mut known =
+            crate::vit_cache::read_cache(cache, &self.fingerprint, &self.device).unwrap_or_default();
         let missing: Vec<usize> = (0..keys.len())
             .filter(|&i| !known.contains_key(&keys[i]))
             .collect();
@@ -108,71 +109,8 @@ impl FrozenVision {
             }
         }
         if !missing.is_empty() {
-            write_cache(cache, &self.fingerprint, &known)?;
+            crate::vit_cache::write_cache(cache, &self.fingerprint, &known)?;
         }
         Ok(keys.iter().map(|k| known[k].clone()).collect())
     }
-}
-
-const FEATURES: &str = "features";
-const KEYS: &str = "keys";
-const FINGERPRINT: &str = "fingerprint";
-
-fn as_text(t: &Tensor) -> Option<String> {
-    String::from_utf8(t.to_vec1::<u8>().ok()?).ok()
-}
-
-fn read_cache(path: &Path, fingerprint: &str, dev: &candle_core::Device) -> Option<HashMap<String, Tensor>> {
-    let t = candle_core::safetensors::load(path, dev).ok()?;
-    if as_text(t.get(FINGERPRINT)?)? != fingerprint {
-        return None;
-    }
-    let keys = as_text(t.get(KEYS)?)?;
-    let feats = t.get(FEATURES)?;
-    let keys: Vec<&str> = if keys.is_empty() {
-        vec![]
-    } else {
-        keys.split('\n').collect()
-    };
-    if feats.dim(0).ok()? != keys.len() {
-        return None;
-    }
-    keys.iter()
-        .enumerate()
-        .map(|(i, k)| Some((k.to_string(), feats.get(i).ok()?)))
-        .collect()
-}
-
-fn write_cache(path: &Path, fingerprint: &str, known: &HashMap<String, Tensor>) -> Result<()> {
-    if known.keys().any(|k| k.contains('\n')) {
-        return Err(DetailFusionError::Variant(
-            "ViT cache keys cannot contain newlines".into(),
-        ));
-    }
-    let mut names: Vec<&String> = known.keys().collect();
-    names.sort();
-    let cpu = candle_core::Device::Cpu;
-    let feats = Tensor::stack(&names.iter().map(|k| &known[*k]).collect::<Vec<_>>(), 0)?.to_device(&cpu)?;
-    let joined = names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n");
-    let bytes = |s: &str| Tensor::new(s.as_bytes(), &cpu);
-    let tensors = HashMap::from([
-        (FEATURES.to_string(), feats),
-        (KEYS.to_string(), bytes(&joined)?),
-        (FINGERPRINT.to_string(), bytes(fingerprint)?),
-    ]);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| DetailFusionError::Io {
-            path: dir.into(),
-            source,
-        })?;
-    }
-    let tmp = path.with_extension("tmp");
-    candle_core::safetensors::save(&tensors, &tmp).map_err(|e| DetailFusionError::Io {
-        path: tmp.clone(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    std::fs::rename(&tmp, path).map_err(|source| DetailFusionError::Io {
-        path: path.into(),
-        source,
-    })
 }
