@@ -223,19 +223,7 @@ pub(crate) fn encode_folder(
     opts: &IndexOptions,
     sink: &mut dyn FnMut(Vec<String>, &GalleryFeatures) -> Result<()>,
 ) -> Result<IndexReport> {
-    let (images, skipped) = build::list_images(dir)?;
-    let mut report = IndexReport {
-        skipped,
-        ..Default::default()
-    };
-    let mut todo = Vec::new();
-    for path in images {
-        match build::relative_name(dir, &path) {
-            Ok(name) if known.contains(&name) => report.already_indexed += 1,
-            Ok(name) => todo.push((path, name)),
-            Err(message) => report.failed.push(FailedImage { path, message }),
-        }
-    }
+    let (todo, mut report) = build::pending_images(dir, |name| known.contains(name))?;
     let proc = &model.config().image_processor;
     let s = proc.image_size;
     let threads = kernel::thread_count(opts.threads);

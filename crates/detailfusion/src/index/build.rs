@@ -109,6 +109,28 @@ pub(crate) fn relative_name(root: &Path, path: &Path) -> std::result::Result<Str
     Ok(parts.join("/"))
 }
 
+/// The images under `dir` that `known` does not hold yet, with their names, and a report that
+/// already counts the skipped, already indexed and unnameable files.
+pub(crate) fn pending_images(
+    dir: &Path,
+    known: impl Fn(&str) -> bool,
+) -> Result<(Vec<(PathBuf, String)>, super::IndexReport)> {
+    let (images, skipped) = list_images(dir)?;
+    let mut report = super::IndexReport {
+        skipped,
+        ..Default::default()
+    };
+    let mut todo = Vec::new();
+    for path in images {
+        match relative_name(dir, &path) {
+            Ok(name) if known(&name) => report.already_indexed += 1,
+            Ok(name) => todo.push((path, name)),
+            Err(message) => report.failed.push(super::FailedImage { path, message }),
+        }
+    }
+    Ok((todo, report))
+}
+
 /// Decodes and preprocesses images into `[3, S, S]` buffers on up to `threads` threads; a
 /// failure is kept per image (message naming the file).
 pub(crate) fn decode_images(

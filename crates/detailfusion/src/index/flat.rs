@@ -178,19 +178,7 @@ impl FlatIndex {
     ) -> Result<IndexReport> {
         let dir = dir.as_ref();
         self.check_model(model)?;
-        let (images, skipped) = build::list_images(dir)?;
-        let mut report = IndexReport {
-            skipped,
-            ..Default::default()
-        };
-        let mut todo = Vec::new();
-        for path in images {
-            match build::relative_name(dir, &path) {
-                Ok(name) if self.positions.contains_key(&name) => report.already_indexed += 1,
-                Ok(name) => todo.push((path, name)),
-                Err(message) => report.failed.push(FailedImage { path, message }),
-            }
-        }
+        let (todo, mut report) = build::pending_images(dir, |name| self.positions.contains_key(name))?;
         self.encode_files(model, todo, opts, &mut report, progress)?;
         Ok(report)
     }
