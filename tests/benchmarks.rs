@@ -17,8 +17,8 @@ use detailfusion::{Blip2Config, DetailFusion, DetailFusionConfig, TextProcessor}
 #[test]
 fn cirr_val_slice_evaluates_with_generated_images() {
     let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cirr");
-    let root = std::env::temp_dir().join(format!("df-bench-cirr-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let root_guard = tempfile::tempdir().unwrap();
+    let root = root_guard.path().to_path_buf();
     std::fs::create_dir_all(root.join("captions")).unwrap();
     std::fs::create_dir_all(root.join("image_splits")).unwrap();
     let caps: Vec<serde_json::Value> =

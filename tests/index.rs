@@ -1,6 +1,8 @@
 //! The gallery index: build from a folder, save, load (mapped), search, edit, and refuse bad
 //! input, on a tiny BLIP-2 model.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -33,11 +35,8 @@ fn model(gallery: GalleryMode) -> DetailFusion {
     DetailFusion::from_blip2(&hf(), Some(config(Variant::Full, gallery)), &Device::Cpu).unwrap()
 }
 
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("df-index-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmpdir(name: &str) -> common::TestDir {
+    common::test_dir(&format!("index-{name}"), true)
 }
 
 /// A deterministic picture (a toy scene) saved at `path`, format by extension.
@@ -53,7 +52,7 @@ fn write_image(path: &Path, seed: u64) {
 
 /// Gallery: six readable images (one nested two deep, a JPEG, a BMP, a PNG without an
 /// extension), two broken PNGs and a text file.
-fn gallery(name: &str) -> PathBuf {
+fn gallery(name: &str) -> common::TestDir {
     let dir = tmpdir(name);
     write_image(&dir.join("a.png"), 1);
     write_image(&dir.join("b.png"), 2);
@@ -453,7 +452,7 @@ fn f16_index_is_within_tolerance() {
     );
 }
 
-fn saved_index(name: &str) -> (DetailFusion, PathBuf, PathBuf) {
+fn saved_index(name: &str) -> (DetailFusion, common::TestDir, PathBuf) {
     let model = model(GalleryMode::SharedDi);
     let dir = tmpdir(name);
     write_image(&dir.join("g/a.png"), 11);

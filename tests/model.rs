@@ -254,7 +254,8 @@ fn vit_cache_computes_each_image_once_per_model() {
     let x = inputs();
     let dev = Device::Cpu;
     let model = DetailFusion::from_blip2(&hf(), None, &dev).unwrap();
-    let path = tmpdir("vitcache").with_extension("safetensors");
+    let dir = common::test_dir("vitcache", true);
+    let path = dir.join("cache.safetensors");
     let calls = Cell::new(0usize);
     let pixels = |rows: &[usize]| -> detailfusion::Result<Tensor> {
         calls.set(calls.get() + rows.len());

@@ -5,7 +5,6 @@ mod common;
 use common::enc_fixtures;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use detailfusion::train::trainer::{read_state, LATEST};
@@ -79,10 +78,8 @@ fn cfg(epochs: usize) -> TrainerConfig {
     }
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("df-train-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+fn tmp(name: &str) -> common::TestDir {
+    common::tmpdir(&format!("train-{name}"))
 }
 
 fn snapshot(m: &DetailFusion) -> HashMap<String, Vec<f32>> {

@@ -1,7 +1,7 @@
 //! Helpers shared by the facade's integration tests.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 
@@ -20,9 +20,40 @@ pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     detailfusion::encoders::nn::max_abs_diff(a, b).unwrap()
 }
 
-/// A fresh, empty path under the temp dir, unique per test process.
-pub fn tmpdir(name: &str) -> PathBuf {
+/// A path under the temp dir that is removed (with everything in it) when dropped.
+pub struct TestDir(PathBuf);
+
+impl std::ops::Deref for TestDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TestDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh path under the temp dir, unique per test process; `create` makes the directory,
+/// otherwise nothing exists there yet.
+pub fn test_dir(name: &str, create: bool) -> TestDir {
     let d = std::env::temp_dir().join(format!("df-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
-    d
+    if create {
+        std::fs::create_dir_all(&d).unwrap();
+    }
+    TestDir(d)
+}
+
+/// A fresh, not yet existing path under the temp dir, removed when the guard drops.
+pub fn tmpdir(name: &str) -> TestDir {
+    test_dir(name, false)
 }

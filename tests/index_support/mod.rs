@@ -1,8 +1,6 @@
 //! Synthetic galleries for the backend tests (no model: features are generated).
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-
 use candle_core::{Device, Tensor};
 use detailfusion::index::{FeatureDType, FlatIndex, Hit, IndexInfo};
 use detailfusion::GalleryFeatures;
@@ -135,10 +133,11 @@ pub fn recall(got: &[Vec<Hit>], want: &[Vec<Hit>]) -> f64 {
     found as f64 / total.max(1) as f64
 }
 
-/// A fresh, empty directory under the temp dir, unique per test process.
-pub fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("df-backend-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::TestDir;
+
+/// A fresh, empty directory under the temp dir, removed when the guard drops.
+pub fn tmpdir(name: &str) -> TestDir {
+    common::test_dir(&format!("backend-{name}"), true)
 }

@@ -11,12 +11,10 @@ fn fixtures() -> PathBuf {
 }
 
 /// A fresh copy of the `hf/` fixture in a temporary directory.
-fn hf_copy(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("df-enc-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+fn hf_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
-        std::fs::copy(fixtures().join("hf").join(f), dir.join(f)).unwrap();
+        std::fs::copy(fixtures().join("hf").join(f), dir.path().join(f)).unwrap();
     }
     dir
 }
@@ -34,39 +32,42 @@ fn load_err(spec: &Path) -> String {
 
 #[test]
 fn missing_tensor_names_tensor_and_file() {
-    let dir = hf_copy("missing");
-    let mut w = weights(&dir);
+    let tmp = hf_copy();
+    let dir = tmp.path();
+    let mut w = weights(dir);
     let name = "qformer.encoder.layer.1.output_query.dense.weight";
     assert!(w.remove(name).is_some());
     candle_core::safetensors::save(&w, dir.join("model.safetensors")).unwrap();
-    let msg = load_err(&dir);
+    let msg = load_err(dir);
     assert!(msg.contains(name), "{msg}");
     assert!(msg.contains("model.safetensors"), "{msg}");
 }
 
 #[test]
 fn wrong_shape_names_tensor_and_file() {
-    let dir = hf_copy("shape");
-    let mut w = weights(&dir);
+    let tmp = hf_copy();
+    let dir = tmp.path();
+    let mut w = weights(dir);
     let name = "vision_model.encoder.layers.0.mlp.fc1.weight";
     w.insert(
         name.into(),
         Tensor::zeros((3, 5), DType::F32, &Device::Cpu).unwrap(),
     );
     candle_core::safetensors::save(&w, dir.join("model.safetensors")).unwrap();
-    let msg = load_err(&dir);
+    let msg = load_err(dir);
     assert!(msg.contains(name) && msg.contains("shape"), "{msg}");
     assert!(msg.contains("model.safetensors"), "{msg}");
 }
 
 #[test]
 fn config_without_needed_key_names_key_and_file() {
-    let dir = hf_copy("nokey");
+    let tmp = hf_copy();
+    let dir = tmp.path();
     let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
     let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
     json.as_object_mut().unwrap().remove("qformer_config");
     std::fs::write(dir.join("config.json"), json.to_string()).unwrap();
-    let msg = load_err(&dir);
+    let msg = load_err(dir);
     assert!(
         msg.contains("qformer_config") && msg.contains("config.json"),
         "{msg}"
@@ -88,18 +89,18 @@ fn inconsistent_config_names_key() {
 
 #[test]
 fn truncated_weights_name_the_file() {
-    let dir = hf_copy("truncated");
+    let tmp = hf_copy();
+    let dir = tmp.path();
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
     std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
-    let msg = load_err(&dir);
+    let msg = load_err(dir);
     assert!(msg.contains("model.safetensors"), "{msg}");
 }
 
 #[test]
 fn missing_shard_names_the_shard() {
-    let dir = std::env::temp_dir().join(format!("df-enc-{}-shard", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir_guard = tempfile::tempdir().unwrap();
+    let dir = dir_guard.path().to_path_buf();
     for f in [
         "config.json",
         "model.safetensors.index.json",
@@ -115,8 +116,8 @@ fn missing_shard_names_the_shard() {
 fn missing_path_and_empty_dir_are_named() {
     let msg = load_err(Path::new("/nonexistent/dir/blip2.pth"));
     assert!(msg.contains("/nonexistent/dir/blip2.pth"), "{msg}");
-    let dir = std::env::temp_dir().join(format!("df-enc-{}-empty", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir_guard = tempfile::tempdir().unwrap();
+    let dir = dir_guard.path().to_path_buf();
     let msg = load_err(&dir);
     assert!(msg.contains("model.safetensors"), "{msg}");
 }
@@ -124,8 +125,8 @@ fn missing_path_and_empty_dir_are_named() {
 #[test]
 fn pickle_without_state_dict_is_refused() {
     // A zip that is not a torch checkpoint at all.
-    let dir = std::env::temp_dir().join(format!("df-enc-{}-pth", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir_guard = tempfile::tempdir().unwrap();
+    let dir = dir_guard.path().to_path_buf();
     let path = dir.join("garbage.pth");
     std::fs::write(&path, b"not a zip file").unwrap();
     let msg = load_err(&path);
@@ -136,7 +137,8 @@ fn pickle_without_state_dict_is_refused() {
 fn hub_cache_layout_loads_and_absent_repo_is_named() {
     // One test, because the cache location is process-wide environment.
     // The hub cache layout: models--org--name/{refs/main, snapshots/<rev>/...}.
-    let home = std::env::temp_dir().join(format!("df-enc-{}-hub", std::process::id()));
+    let home_guard = tempfile::tempdir().unwrap();
+    let home = home_guard.path().to_path_buf();
     let repo = home.join("hub/models--tiny--blip2");
     let snap = repo.join("snapshots/abc123");
     std::fs::create_dir_all(&snap).unwrap();

@@ -32,13 +32,6 @@ fn tokenizer_path() -> PathBuf {
     fixtures().join("tokenizer.json")
 }
 
-/// A fresh directory under the system temp dir, unique to this test.
-fn temp_dir(tag: &str) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("df-encoders-processing-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
-
 fn u32s(v: &Value) -> Vec<u32> {
     v.as_array()
         .expect("array")
@@ -265,7 +258,8 @@ fn tokenizer_padding_truncation_and_mask() -> Result<()> {
 
 #[test]
 fn tokenizer_errors_name_the_file_and_do_not_panic() -> Result<()> {
-    let dir = temp_dir("tok")?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
     let missing = dir.join("no_such_tokenizer.json");
     let err = TextProcessor::from_file(&missing).unwrap_err();
     assert!(matches!(err, EncoderError::Io { .. }), "{err:?}");
@@ -292,7 +286,6 @@ fn tokenizer_errors_name_the_file_and_do_not_panic() -> Result<()> {
     let odd = ["\u{0}\u{1f}\u{feff}", "[DEC] [SEP] [PAD]", "😀 漢字 ΣΊΣΥΦΟΣ"];
     let b = tp.encode_batch(&odd, &Device::Cpu)?;
     assert_eq!(b.input_ids.dims(), &[3, 32]);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -626,7 +619,8 @@ fn batch_equals_single_images() -> Result<()> {
 
 #[test]
 fn decoding_formats_and_errors() -> Result<()> {
-    let dir = temp_dir("img")?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
     let p = ImageProcessor::default();
     let img = gradient(120, 90);
 
@@ -674,7 +668,7 @@ fn decoding_formats_and_errors() -> Result<()> {
     assert!(err.to_string().contains("empty_file.bin"), "{err}");
 
     // a directory is not an image
-    let err = p.load(&dir).unwrap_err();
+    let err = p.load(dir).unwrap_err();
     assert!(
         err.to_string()
             .contains(&*dir.file_name().unwrap().to_string_lossy()),
@@ -691,6 +685,5 @@ fn decoding_formats_and_errors() -> Result<()> {
         .unwrap_err();
     assert!(err.to_string().contains("missing_photo.png"), "{err}");
 
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

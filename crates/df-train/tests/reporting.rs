@@ -62,10 +62,8 @@ impl StageModel for Linear {
     }
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("df-train-rep-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
 }
 
 fn cfg() -> TrainerConfig {
@@ -94,8 +92,9 @@ fn plain_lines_jsonl_and_summary_table() {
         reporter: Some(&rep as &dyn Reporter),
         ..Default::default()
     };
-    let out = tmp("plain");
-    let s = train(&m, Stage::Joint, 12, &cfg(), &out, None, &hooks).unwrap();
+    let out_guard = tmp();
+    let out = out_guard.path();
+    let s = train(&m, Stage::Joint, 12, &cfg(), out, None, &hooks).unwrap();
     assert_eq!((s.state.global_step, s.epochs.len()), (9, 3));
     assert!(s.epochs[2].loss < s.epochs[0].loss);
     let lines = lines.lock().unwrap().clone();
@@ -179,7 +178,7 @@ fn plain_lines_are_rate_limited_and_bar_mode_prints_no_step_lines() {
         reporter: Some(&rep as &dyn Reporter),
         ..Default::default()
     };
-    train(&m, Stage::Di, 12, &cfg(), &tmp("rate"), None, &hooks).unwrap();
+    train(&m, Stage::Di, 12, &cfg(), tmp().path(), None, &hooks).unwrap();
     let lines = lines.lock().unwrap().clone();
     // The first and the last step only.
     assert_eq!(
@@ -199,7 +198,7 @@ fn plain_lines_are_rate_limited_and_bar_mode_prints_no_step_lines() {
         reporter: Some(&rep as &dyn Reporter),
         ..Default::default()
     };
-    train(&Linear::new(), Stage::Di, 12, &cfg(), &tmp("bar"), None, &hooks).unwrap();
+    train(&Linear::new(), Stage::Di, 12, &cfg(), tmp().path(), None, &hooks).unwrap();
     assert_eq!(lines2.lock().unwrap().len(), 1);
     assert_eq!(rep.runs().len(), 1);
 }
@@ -225,8 +224,9 @@ fn err(path: &Path) -> String {
 
 #[test]
 fn stage_configs_round_trip_in_json_and_toml() {
-    let dir = tmp("cfg");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir_guard = tmp();
+    let dir = dir_guard.path();
+    std::fs::create_dir_all(dir).unwrap();
     for b in [Benchmark::Cirr, Benchmark::FashionIq] {
         for s in [Stage::Di, Stage::Joint, Stage::Compositor] {
             let c = StageConfig::sprc(b, s);
@@ -239,7 +239,7 @@ fn stage_configs_round_trip_in_json_and_toml() {
     }
     // Omitted fields take the defaults; only `stage` is required.
     let p = write(
-        &dir,
+        dir,
         "min.toml",
         "stage = \"compositor\"\n[trainer.optimizer]\nlr = 0.001\n",
     );
@@ -255,7 +255,8 @@ fn stage_configs_round_trip_in_json_and_toml() {
 
 #[test]
 fn bad_stage_configs_name_the_file_and_the_field() {
-    let dir = tmp("bad");
+    let dir_guard = tmp();
+    let dir = dir_guard.path();
     let cases: [(&str, &str, &[&str]); 9] = [
         (
             "typo.json",
@@ -300,7 +301,7 @@ fn bad_stage_configs_name_the_file_and_the_field() {
         ),
     ];
     for (name, text, wants) in cases {
-        let e = err(&write(&dir, name, text));
+        let e = err(&write(dir, name, text));
         for w in wants {
             assert!(e.contains(w), "{name}: `{e}` lacks `{w}`");
         }
