@@ -260,3 +260,69 @@ fn bad_training_settings_are_refused() {
     .unwrap_err();
     assert!(err.to_string().contains("trainer.json"), "{err}");
 }
+
+/// Stage 0's hard negatives link each image with its near-duplicates, and they make the
+/// contrastive batch larger: a batch of one has zero loss alone, not with its partner.
+#[test]
+fn stage0_hard_negatives_link_near_duplicates() {
+    use detailfusion::data::toy::ToyConfig;
+    use detailfusion::toy::{toy_blip2, ToyData};
+    use detailfusion::train::StageModel;
+    use detailfusion::ItcPretrainer;
+    let dev = Device::Cpu;
+    let mut cfg = ToyConfig::default().with_counts(12, 2, 2);
+    cfg.ipr2pr = 8;
+    let data = ToyData::generate(&cfg, &dev).unwrap();
+    let rows = data.train_rows();
+    let partners = data.partners(&rows);
+    let pos = |s| rows.iter().position(|&r| r == data.row(s)).unwrap();
+    for p in &data.world.edit_pairs {
+        let (a, b) = (pos(&p.original), pos(&p.edited));
+        assert!(
+            partners[a].contains(&b) && partners[b].contains(&a),
+            "edit pair {}",
+            p.folder
+        );
+    }
+    for (i, ps) in partners.iter().enumerate() {
+        assert!(!ps.contains(&i));
+        assert!(ps
+            .iter()
+            .all(|&j| data.captions[rows[j]] != data.captions[rows[i]]));
+    }
+    let ids = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &dev).unwrap();
+    let make = || {
+        ItcPretrainer::new(
+            toy_blip2(64, 100),
+            data.pixels.index_select(&ids, 0).unwrap(),
+            rows.iter().map(|&r| data.captions[r].clone()).collect(),
+            data.text.clone(),
+            &dev,
+        )
+        .unwrap()
+    };
+    let linked = (0..rows.len()).find(|&i| !partners[i].is_empty()).unwrap();
+    let alone = make()
+        .loss(Stage::Itc, &[linked])
+        .unwrap()
+        .0
+        .to_scalar::<f32>()
+        .unwrap();
+    let paired = make().with_hard_negatives(partners.clone()).unwrap();
+    let with = paired
+        .loss(Stage::Itc, &[linked])
+        .unwrap()
+        .0
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        alone.abs() < 1e-6 && with > 0.1,
+        "alone {alone}, with its partner {with}"
+    );
+    let err = make()
+        .with_hard_negatives(vec![vec![rows.len()]; rows.len()])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("hard negatives"), "{err}");
+}

@@ -19,6 +19,8 @@ pub struct ItcPretrainer {
     captions: Vec<String>,
     text: TextProcessor,
     config: Blip2Config,
+    /// Per image, the images that differ from it by a small edit (empty: no hard negatives).
+    partners: Vec<Vec<usize>>,
 }
 
 impl ItcPretrainer {
@@ -50,7 +52,43 @@ impl ItcPretrainer {
             captions,
             text,
             config,
+            partners: Vec::new(),
         })
+    }
+
+    /// Hard negatives: `partners[i]` lists images that differ from image `i` by a small edit.
+    /// Each batch of `B` images then also holds one partner per image (up to `2B` in all), so
+    /// the contrastive loss must tell near-duplicates apart rather than match by colour alone.
+    pub fn with_hard_negatives(mut self, partners: Vec<Vec<usize>>) -> crate::Result<Self> {
+        let n = self.captions.len();
+        if partners.len() != n || partners.iter().flatten().any(|&j| j >= n) {
+            return Err(crate::DetailFusionError::Variant(format!(
+                "hard negatives: {} partner lists (or an index past the end) for {n} images",
+                partners.len()
+            )));
+        }
+        self.partners = partners;
+        Ok(self)
+    }
+
+    /// `indices` plus one partner of each (picked by position, so reproducible), without repeats.
+    fn with_partners(&self, indices: &[usize]) -> Vec<usize> {
+        let mut out = indices.to_vec();
+        if self.partners.is_empty() {
+            return out;
+        }
+        let mut seen: std::collections::HashSet<usize> = indices.iter().copied().collect();
+        for (k, &i) in indices.iter().enumerate() {
+            let ps = &self.partners[i];
+            if ps.is_empty() {
+                continue;
+            }
+            let j = ps[(k + indices[0]) % ps.len()];
+            if seen.insert(j) {
+                out.push(j);
+            }
+        }
+        out
     }
 
     /// The model being trained.
@@ -102,6 +140,7 @@ impl StageModel for ItcPretrainer {
     }
 
     fn loss(&self, _stage: Stage, indices: &[usize]) -> df_train::Result<(Tensor, Vec<(String, f32)>)> {
+        let indices = &self.with_partners(indices)[..];
         let ids = Tensor::new(
             indices.iter().map(|&i| i as u32).collect::<Vec<_>>(),
             self.pixels.device(),

@@ -33,6 +33,9 @@ pub struct ToyPreset {
     /// Reuse this stage-0 BLIP-2 checkpoint (a directory written by an earlier run's
     /// `blip2/`) instead of training one; ablations share one stand-in backbone this way.
     pub stage0_checkpoint: Option<std::path::PathBuf>,
+    /// Stage 0 adds hard negatives to each batch: images one edit away (edit pairs, and the
+    /// reference, target and negatives of each training query).
+    pub stage0_hard_negatives: bool,
     /// Stage 1 (DI on atomic edits); `None` skips it (the "without stage 1" ablation).
     pub stage1: Option<TrainerConfig>,
     /// Stage 2 (joint).
@@ -70,6 +73,7 @@ impl Default for ToyPreset {
             stage0: stage_cfg(4, 64, 1e-3, 0),
             stage0_max_images: 6000,
             stage0_checkpoint: None,
+            stage0_hard_negatives: false,
             stage1: Some(stage_cfg(6, 32, 3e-4, 1)),
             stage2: stage_cfg(12, 64, 5e-4, 2),
             stage3: stage_cfg(10, 64, 1e-3, 3),
@@ -190,6 +194,36 @@ impl ToyData {
     fn split(&self, split: CirrSplit) -> &df_data::toy::ToySplit {
         // `ToyWorld::generate` always makes all three splits.
         self.world.split(split).expect("toy worlds have every split")
+    }
+
+    /// For each of `rows` (rows of `pixels`), the positions in `rows` of the images one edit
+    /// away from it: the other image of its edit pairs, and the other members (reference,
+    /// target, negatives) of the training queries it belongs to.
+    pub fn partners(&self, rows: &[usize]) -> Vec<Vec<usize>> {
+        let pos: HashMap<usize, usize> = rows.iter().enumerate().map(|(i, &r)| (r, i)).collect();
+        let mut out = vec![Vec::new(); rows.len()];
+        let mut link = |scenes: &[&Scene]| {
+            let group: Vec<usize> = scenes
+                .iter()
+                .filter_map(|s| self.index.get(&s.key()).and_then(|r| pos.get(r)).copied())
+                .collect();
+            for &a in &group {
+                out[a].extend(group.iter().copied().filter(|&b| b != a));
+            }
+        };
+        for p in &self.world.edit_pairs {
+            link(&[&p.original, &p.edited]);
+        }
+        let train = self.split(CirrSplit::Train);
+        for q in &train.queries {
+            let group: Vec<&Scene> = q.members.iter().map(|&m| &train.images[m].scene).collect();
+            link(&group);
+        }
+        for v in &mut out {
+            v.sort_unstable();
+            v.dedup();
+        }
+        out
     }
 
     /// Rows of the images used in training (train split and edit pairs).
@@ -355,13 +389,16 @@ pub(crate) fn pretrain(
     }
     let dev = data.pixels.device().clone();
     let ids = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &dev)?;
-    let pre = ItcPretrainer::new(
+    let mut pre = ItcPretrainer::new(
         blip2.clone(),
         data.pixels.index_select(&ids, 0)?,
         rows.iter().map(|&r| data.captions[r].clone()).collect(),
         data.text.clone(),
         &dev,
     )?;
+    if preset.stage0_hard_negatives {
+        pre = pre.with_hard_negatives(data.partners(&rows))?;
+    }
     train(&pre, Stage::Itc, rows.len(), &preset.stage0, run_dir, None, hooks)?;
     pre.save_hf(dir)?;
     write_tokenizer(data, dir)
