@@ -8,11 +8,14 @@
 //!
 //! `cargo bench --bench retrieval` (add `-- --quick` for a shorter run).
 //!
-//! With `--features usearch` it also measures the approximate backend on a synthetic
-//! clustered gallery (`DF_BENCH_USEARCH_IMAGES` images of 32 × 256, default 100,000; images
-//! scatter around cluster centres, tokens around their image): graph build time, query time
-//! next to the exact flat index, and recall@10 against it. `DF_BENCH_USEARCH_ONLY=1` skips the
-//! rest; `DF_BENCH_USEARCH_QUANT=f16,i8` picks the quantisations (default `f16`).
+//! With `--features usearch` it also measures the approximate backend on a toy gallery
+//! (`DF_BENCH_USEARCH_IMAGES` images, default 100,000: the demo world's test split plus random
+//! scenes of the same world, encoded by the demo model in `weights/demo`, queried with the
+//! test split's 300 composed queries), or with `DF_BENCH_USEARCH_GALLERY=synthetic` on
+//! synthetic clustered features of 32 × 256 (images scatter around cluster centres, tokens
+//! around their image): graph build time, query time next to the exact flat index, and
+//! recall@10 against it. `DF_BENCH_USEARCH_ONLY=1` skips the rest;
+//! `DF_BENCH_USEARCH_QUANT=f16,i8` picks the quantisations (default `f16`).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -257,6 +260,10 @@ fn bench_demo_query(c: &mut Criterion) {
 #[path = "../tests/index_support/mod.rs"]
 mod index_support;
 
+#[cfg(feature = "usearch")]
+#[path = "support/toy_gallery.rs"]
+mod toy_gallery;
+
 /// Build and query time of usearch graphs, and their recall@10 against the flat index.
 #[cfg(feature = "usearch")]
 fn bench_usearch(c: &mut Criterion) {
@@ -272,7 +279,7 @@ fn bench_usearch(c: &mut Criterion) {
         .map(|q| q.trim().parse().unwrap())
         .collect();
     let dir = std::env::temp_dir().join(format!("df-bench-usearch-{}", std::process::id()));
-    let info = info("bench", Q, P);
+    let small_info = info("bench", Q, P);
 
     // Build time: a small graph built from scratch per sample.
     let small = 1_000;
@@ -290,7 +297,8 @@ fn bench_usearch(c: &mut Criterion) {
             BenchmarkId::from_parameter(format!("{small}img/{}", quant.as_str())),
             |b| {
                 b.iter(|| {
-                    let mut index = UsearchIndex::create(dir.join("b.usearch"), info.clone(), &opts).unwrap();
+                    let mut index =
+                        UsearchIndex::create(dir.join("b.usearch"), small_info.clone(), &opts).unwrap();
                     index.add_features(names_s.clone(), &feats_s).unwrap();
                     black_box(index.len())
                 })
@@ -300,13 +308,29 @@ fn bench_usearch(c: &mut Criterion) {
     group.finish();
 
     // The large gallery: each graph (built in chunks), then the flat reference.
-    eprintln!(
-        "usearch: generating {images} synthetic clustered images ({} token vectors)",
-        images * Q
-    );
-    let (names, values) = clustered(images, Q, P, 1);
-    let nq = 200;
-    let qs = queries(&values, Q, P, nq, 5);
+    let synthetic = std::env::var("DF_BENCH_USEARCH_GALLERY").as_deref() == Ok("synthetic");
+    let (names, values, q, p, qs, what) = if synthetic {
+        eprintln!(
+            "usearch: generating {images} synthetic clustered images ({} token vectors)",
+            images * Q
+        );
+        let (names, values) = clustered(images, Q, P, 1);
+        let qs = queries(&values, Q, P, 200, 5);
+        (names, values, Q, P, qs, "synthetic clustered images")
+    } else {
+        let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/demo");
+        let g = toy_gallery::toy_gallery(images, &demo);
+        (
+            g.names,
+            g.values,
+            g.q,
+            g.p,
+            g.queries,
+            "toy images (demo model features)",
+        )
+    };
+    let info = info("bench", q, p);
+    let nq = qs.dim(0).unwrap();
     let q1 = qs.narrow(0, 0, 1).unwrap();
     let opts = SearchOptions::top(K);
     let path = |quant: Quantization| dir.join(format!("g-{}.usearch", quant.as_str()));
@@ -320,8 +344,8 @@ fn bench_usearch(c: &mut Criterion) {
         let mut index = UsearchIndex::create(path(quant), info.clone(), &uopts).unwrap();
         let chunk = 4096;
         for (c, n) in names.chunks(chunk).enumerate() {
-            let v = &values[c * chunk * Q * P..(c * chunk + n.len()) * Q * P];
-            index.add_features(n.to_vec(), &features(n, v, Q, P)).unwrap();
+            let v = &values[c * chunk * q * p..(c * chunk + n.len()) * q * p];
+            index.add_features(n.to_vec(), &features(n, v, q, p)).unwrap();
         }
         builds.push(t.elapsed().as_secs_f64());
         eprintln!(
@@ -331,6 +355,7 @@ fn bench_usearch(c: &mut Criterion) {
         );
         index.persist().unwrap();
     }
+    let names_len = names.len();
     let flat = detailfusion::index::FlatIndex::from_raw(info.clone(), names, values, None).unwrap();
     let t = Instant::now();
     let want = flat.search_features(&qs, &opts).unwrap();
@@ -374,9 +399,10 @@ fn bench_usearch(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
     println!();
     println!(
-        "usearch on {images} synthetic clustered images ({} token vectors of {P}), {nq} queries, top-{K}; \
+        "usearch on {} {what} ({} token vectors of {p}), {nq} queries, top-{K}; \
          flat (exact): {:.1} ms/query at batch 1, {:.1} ms/query at batch {nq}",
-        images * Q,
+        names_len,
+        names_len * q,
         flat_one * 1e3,
         flat_batch * 1e3 / nq as f64
     );
