@@ -44,6 +44,9 @@ pub struct ToyPreset {
     pub stage3: TrainerConfig,
     /// Stage-2 loss weights.
     pub losses: LossConfig,
+    /// Stages 2 and 3 evaluate on the val split after each epoch and continue from (and ship)
+    /// their best epoch by the SPEC §4 criterion, as on the real benchmarks.
+    pub validate: bool,
 }
 
 fn stage_cfg(epochs: usize, batch: usize, lr: f64, seed: u64) -> TrainerConfig {
@@ -73,11 +76,12 @@ impl Default for ToyPreset {
             stage0: stage_cfg(4, 64, 1e-3, 0),
             stage0_max_images: 6000,
             stage0_checkpoint: None,
-            stage0_hard_negatives: false,
+            stage0_hard_negatives: true,
             stage1: Some(stage_cfg(6, 32, 3e-4, 1)),
             stage2: stage_cfg(12, 64, 5e-4, 2),
             stage3: stage_cfg(10, 64, 1e-3, 3),
             losses: LossConfig::default(),
+            validate: true,
         }
     }
 }
@@ -370,6 +374,33 @@ pub(crate) fn write_tokenizer(data: &ToyData, dir: &Path) -> Result<()> {
         })
 }
 
+/// At most `max` training rows (0: all), an even subsample. With hard negatives, half of them
+/// are the subsample and the other half one near-duplicate of each, so that pairs stay together.
+fn stage0_rows(data: &ToyData, max: usize, hard_negatives: bool) -> Vec<usize> {
+    let all = data.train_rows();
+    if max == 0 || all.len() <= max {
+        return all;
+    }
+    let seeds = if hard_negatives { max.div_ceil(2) } else { max };
+    let step = all.len() as f64 / seeds as f64;
+    let seeds = (0..seeds).map(|i| (i as f64 * step) as usize);
+    if !hard_negatives {
+        return seeds.map(|i| all[i]).collect();
+    }
+    let partners = data.partners(&all);
+    let mut taken = vec![false; all.len()];
+    let mut rows = Vec::with_capacity(max);
+    for i in seeds {
+        for j in std::iter::once(i).chain(partners[i].iter().copied().find(|&j| !taken[j])) {
+            if !taken[j] && rows.len() < max {
+                taken[j] = true;
+                rows.push(all[j]);
+            }
+        }
+    }
+    rows
+}
+
 /// Stage 0 on an even subsample of the training images; writes a Hugging Face checkpoint
 /// (with the tokenizer) to `dir`.
 pub(crate) fn pretrain(
@@ -380,13 +411,7 @@ pub(crate) fn pretrain(
     dir: &Path,
     hooks: &Hooks<ItcPretrainer>,
 ) -> Result<()> {
-    let mut rows = data.train_rows();
-    if rows.len() > preset.stage0_max_images && preset.stage0_max_images > 0 {
-        let step = rows.len() as f64 / preset.stage0_max_images as f64;
-        rows = (0..preset.stage0_max_images)
-            .map(|i| rows[(i as f64 * step) as usize])
-            .collect();
-    }
+    let rows = stage0_rows(data, preset.stage0_max_images, preset.stage0_hard_negatives);
     let dev = data.pixels.device().clone();
     let ids = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &dev)?;
     let mut pre = ItcPretrainer::new(
@@ -402,4 +427,36 @@ pub(crate) fn pretrain(
     train(&pre, Stage::Itc, rows.len(), &preset.stage0, run_dir, None, hooks)?;
     pre.save_hf(dir)?;
     write_tokenizer(data, dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage0_subsample_keeps_near_duplicates_together() {
+        let mut cfg = ToyConfig::default().with_counts(16, 2, 2);
+        cfg.ipr2pr = 16;
+        let data = ToyData::generate(&cfg, &Device::Cpu).unwrap();
+        let all = data.train_rows();
+        let max = all.len() / 3;
+        let plain = stage0_rows(&data, max, false);
+        assert_eq!(plain.len(), max);
+        let hard = stage0_rows(&data, max, true);
+        assert!(hard.len() <= max && hard.len() > max / 2);
+        let mut unique = hard.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), hard.len(), "a row taken twice");
+        // Most rows find a partner inside the subsample; without pairing few do.
+        let paired = |rows: &[usize]| data.partners(rows).iter().filter(|p| !p.is_empty()).count();
+        assert!(
+            paired(&hard) * 10 >= hard.len() * 9,
+            "{} of {}",
+            paired(&hard),
+            hard.len()
+        );
+        assert!(paired(&plain) < paired(&hard));
+        assert_eq!(stage0_rows(&data, 0, true), all);
+    }
 }

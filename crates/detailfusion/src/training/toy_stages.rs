@@ -177,8 +177,15 @@ pub fn run_toy_stages(
             text: data.text.clone(),
         };
         let trainer = StageTrainer::new(&model, &td, preset.losses.clone());
+        // Stages 2 and 3 keep their best epoch on the val split (SPEC §4 criterion).
+        let validate = |t: &StageTrainer| -> df_train::Result<f64> {
+            evaluate(t.model(), &data, &feats, CirrSplit::Val)
+                .map(|m| m.criterion)
+                .map_err(|e| df_train::TrainError::Model(e.to_string()))
+        };
+        let validates = preset.validate && stage != Stage::Di;
         let hooks = Hooks {
-            validate: None,
+            validate: validates.then_some(&validate as df_train::trainer::Validate<StageTrainer>),
             on_step,
             reporter: opts.reporter,
         };
@@ -192,6 +199,12 @@ pub fn run_toy_stages(
         if summary.stopped_early {
             return Ok((Some(model), ToyReport { test, seconds }));
         }
+        let best = dir.join(df_train::trainer::BEST);
+        let model = if validates && best.is_dir() {
+            DetailFusion::load(&best, &dev)?
+        } else {
+            model
+        };
         let model_dir = dir.join(MODEL_DIR);
         model.save(&model_dir)?;
         write_tokenizer(&data, &model_dir)?;
