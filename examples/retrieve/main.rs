@@ -365,6 +365,20 @@ fn main() -> Result<()> {
         }
         println!("  -> {}", out.display());
     }
+    let known: Vec<bool> = queries
+        .iter()
+        .zip(&results)
+        .filter_map(|(q, (hits, _))| q.target.as_ref().map(|t| hits.iter().any(|h| &h.name == t)))
+        .collect();
+    if !known.is_empty() {
+        // Four queries are a small sample: the split's R@10 above is the measure.
+        let found = known.iter().filter(|&&f| f).count();
+        println!(
+            "\ntarget in the top {} for {found} of {} queries",
+            args.k,
+            known.len()
+        );
+    }
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
