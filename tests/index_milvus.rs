@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use detailfusion::index::{
     create_index, open_index, open_or_create_index, BackendOptions, GalleryIndex, IndexError, MilvusIndex,
-    MilvusOptions, SearchOptions,
+    MilvusOptions, MilvusVectorIndex, SearchOptions,
 };
 use index_support::*;
 
@@ -131,6 +131,48 @@ fn flat_collection_agrees_with_the_flat_index() {
         1e-5,
     );
     MilvusIndex::drop_collection(&uri, &options()).unwrap();
+}
+
+/// An HNSW collection: created with its graph parameters, searched with over-fetch. Scores are
+/// max-over-tokens of the tokens found, so never above the exact ones. (milvus-lite searches by
+/// brute force whatever the index type, so there the top 10 is also exact.)
+#[test]
+fn hnsw_collection_finds_the_flat_top_k() {
+    let Some(server) = server() else { return };
+    let uri = collection(&server, "hnsw");
+    let info = info("model-a", Q, P);
+    let (names, values) = clustered(120, Q, P, 11);
+    let queries = queries(&values, Q, P, 12, 13);
+    let opts = SearchOptions::top(10);
+    let reference = flat(&info, &names, &values);
+    let want = reference.search_features(&queries, &opts).unwrap();
+    let every = reference
+        .search_features(&queries, &SearchOptions::top(names.len()))
+        .unwrap();
+    let milvus = MilvusOptions {
+        vector_index: MilvusVectorIndex::Hnsw {
+            m: 16,
+            ef_construction: 64,
+        },
+        overfetch: 2.0,
+        ..options()
+    };
+    let mut index = MilvusIndex::create(&uri, info, &milvus).unwrap();
+    index
+        .add_features(names.clone(), &features(&names, &values, Q, P))
+        .unwrap();
+    index.persist().unwrap();
+    let got = index.search_features(&queries, &opts).unwrap();
+    let r = recall(&got, &want);
+    assert!(r >= 0.9, "recall@10 {r}");
+    for (hits, all) in got.iter().zip(&every) {
+        let exact: HashMap<&str, f32> = all.iter().map(|h| (h.name.as_str(), h.score)).collect();
+        for h in hits {
+            let e = exact[h.name.as_str()];
+            assert!(h.score <= e + 1e-5, "{}: {} above the exact {e}", h.name, h.score);
+        }
+    }
+    MilvusIndex::drop_collection(&uri, &milvus).unwrap();
 }
 
 #[test]
