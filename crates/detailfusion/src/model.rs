@@ -481,7 +481,8 @@ fn blip2_names(prefixes: &[&str]) -> NameMap {
     })
 }
 
-fn atomic_write(path: &Path, write: impl FnOnce(&Path) -> candle_core::Result<()>) -> Result<()> {
+/// Writes `path` through a temporary file beside it and a rename, so readers never see half a file.
+pub(crate) fn atomic_write(path: &Path, write: impl FnOnce(&Path) -> candle_core::Result<()>) -> Result<()> {
     let mut tmp = PathBuf::from(path);
     tmp.set_extension(format!("tmp{}", std::process::id()));
     write(&tmp).map_err(|e| DetailFusionError::Io {

@@ -99,13 +99,5 @@ pub(crate) fn write_cache(path: &Path, fingerprint: &str, known: &HashMap<String
             source,
         })?;
     }
-    let tmp = path.with_extension("tmp");
-    candle_core::safetensors::save(&tensors, &tmp).map_err(|e| DetailFusionError::Io {
-        path: tmp.clone(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    std::fs::rename(&tmp, path).map_err(|source| DetailFusionError::Io {
-        path: path.into(),
-        source,
-    })
+    crate::model::atomic_write(path, |tmp| candle_core::safetensors::save(&tensors, tmp))
 }
