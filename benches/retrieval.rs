@@ -238,12 +238,13 @@ fn bench_demo_query(c: &mut Criterion) {
     let preset: ToyPreset =
         serde_json::from_str(&std::fs::read_to_string(dir.join("toy_preset.json")).unwrap()).unwrap();
     let data = ToyData::generate_splits(&preset.world, &[CirrSplit::Test1], false, &dev).unwrap();
-    let gallery = model.encode_images(&data.pixels).unwrap();
+    let all: Vec<usize> = (0..data.len()).collect();
+    let gallery = model.encode_images(&data.pixels(&all).unwrap()).unwrap();
     let mut index = FlatIndex::new(&model, FeatureDType::F32);
-    let names = (0..data.pixels.dim(0).unwrap()).map(|i| format!("{i}")).collect();
+    let names = all.iter().map(|i| format!("{i}")).collect();
     index.add_features(names, &gallery).unwrap();
     let searcher = index.searcher(&model).unwrap();
-    let reference = data.pixels.narrow(0, 0, 1).unwrap();
+    let reference = data.pixels(&[0]).unwrap();
     let caption = "make the red circle blue and remove the small square";
     c.bench_function("demo/query_end_to_end", |b| {
         b.iter(|| {

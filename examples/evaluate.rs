@@ -81,7 +81,7 @@ fn main() -> Result<()> {
                 s => bail!("--split {s}: the toy world has val and test"),
             };
             let data = ToyData::generate_splits(&preset.world, &[split], false, &dev)?;
-            let feats = vit_features(&model, &data.pixels)?;
+            let feats = vit_features(&model, &data)?;
             print_cirr(&evaluate(&model, &data, &feats, split)?);
         }
         "cirr" => {

@@ -18,7 +18,7 @@ fn demo_model_reaches_its_recorded_test_metrics() {
     let recorded: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap();
     let data = ToyData::generate_splits(&preset.world, &[CirrSplit::Test1], false, &dev).unwrap();
-    let feats = vit_features(&model, &data.pixels).unwrap();
+    let feats = vit_features(&model, &data).unwrap();
     let m = evaluate(&model, &data, &feats, CirrSplit::Test1).unwrap();
     let got = serde_json::to_value(m).unwrap();
     for key in [

@@ -174,6 +174,7 @@ fn stage2_gamma_weighted_loss_and_gradients() {
         gamma: 0.5,
         text_only_weight: 0.4,
         align_weight: 0.4,
+        ..Default::default()
     };
     let l = Stage2Losses::compute(
         Stage2Inputs {

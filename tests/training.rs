@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 use detailfusion::train::trainer::{read_state, LATEST};
-use detailfusion::train::{train, Hooks, OptimizerConfig, Schedule, Stage, TrainerConfig};
+use detailfusion::train::{train, Hooks, LossConfig, OptimizerConfig, Schedule, Stage, TrainerConfig};
 use detailfusion::{
     Blip2Config, DetailFusion, DetailFusionConfig, StageTrainer, TextProcessor, TrainItem, TrainingData,
 };
@@ -49,6 +49,12 @@ fn data() -> TrainingData {
             reference: i % 6,
             target: (i * 5 + 1) % 6,
             text: texts[i % 4].to_string(),
+            // Two images that are neither the reference nor the target.
+            negatives: (0..6)
+                .filter(|&j| j != i % 6 && j != (i * 5 + 1) % 6)
+                .skip(i % 3)
+                .take(2)
+                .collect(),
         })
         .collect();
     TrainingData {
@@ -163,7 +169,12 @@ fn resuming_mid_epoch_reproduces_the_uninterrupted_run() {
     let fresh = || DetailFusion::load(&init, &Device::Cpu).unwrap();
     // Uninterrupted: 2 epochs of 4 batches.
     let full = fresh();
-    let t = StageTrainer::new(&full, &data, Default::default());
+    // With candidate-set negatives: their choice depends on the batch alone, so it resumes too.
+    let losses = LossConfig {
+        hard_negatives: 1,
+        ..Default::default()
+    };
+    let t = StageTrainer::new(&full, &data, losses.clone());
     let out = tmp("full");
     let s = train(
         &t,
@@ -178,7 +189,7 @@ fn resuming_mid_epoch_reproduces_the_uninterrupted_run() {
     assert_eq!(s.state.global_step, 8);
     // Interrupted after 3 steps (mid-epoch 0), then resumed from the checkpoint on disk.
     let first = fresh();
-    let t = StageTrainer::new(&first, &data, Default::default());
+    let t = StageTrainer::new(&first, &data, losses.clone());
     let out = tmp("cut");
     let mut c = cfg(2);
     c.max_steps = Some(3);
@@ -199,7 +210,7 @@ fn resuming_mid_epoch_reproduces_the_uninterrupted_run() {
     let st = read_state(&ckpt).unwrap();
     assert_eq!((st.epoch, st.batch_in_epoch, st.global_step), (0, 3, 3));
     let resumed = DetailFusion::load(&ckpt, &Device::Cpu).unwrap();
-    let t = StageTrainer::new(&resumed, &data, Default::default());
+    let t = StageTrainer::new(&resumed, &data, losses);
     let s = train(
         &t,
         Stage::Joint,
@@ -290,11 +301,10 @@ fn stage0_hard_negatives_link_near_duplicates() {
             .iter()
             .all(|&j| data.captions[rows[j]] != data.captions[rows[i]]));
     }
-    let ids = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &dev).unwrap();
     let make = || {
         ItcPretrainer::new(
             toy_blip2(64, 100),
-            data.pixels.index_select(&ids, 0).unwrap(),
+            data.pixels(&rows).unwrap(),
             rows.iter().map(|&r| data.captions[r].clone()).collect(),
             data.text.clone(),
             &dev,
@@ -325,4 +335,56 @@ fn stage0_hard_negatives_link_near_duplicates() {
         .unwrap()
         .to_string();
     assert!(err.contains("hard negatives"), "{err}");
+}
+
+#[test]
+fn candidate_negatives_join_the_stage2_and_stage3_galleries() {
+    use detailfusion::train::StageModel;
+    let data = data();
+    let m = model();
+    let batch = [0, 1, 2];
+    let loss = |stage: Stage, k: usize| -> f32 {
+        let losses = LossConfig {
+            hard_negatives: k,
+            ..Default::default()
+        };
+        let t = StageTrainer::new(&m, &data, losses);
+        let (l, _) = t.loss(stage, &batch).unwrap();
+        l.to_scalar::<f32>().unwrap()
+    };
+    // Extra gallery columns can only add to each softmax's denominator.
+    for stage in [Stage::Joint, Stage::Compositor] {
+        let (plain, hard) = (loss(stage, 0), loss(stage, 2));
+        assert!(hard > plain + 1e-6, "{stage:?}: {hard} vs {plain}");
+    }
+    // Stage 1 keeps its own hard negative (the reference) only.
+    assert_eq!(loss(Stage::Di, 0), loss(Stage::Di, 2));
+}
+
+#[test]
+fn batch_negatives_are_distinct_non_targets_that_rotate() {
+    use detailfusion::batch_negatives;
+    let item = |target: usize, negatives: Vec<usize>| TrainItem {
+        target,
+        negatives,
+        ..Default::default()
+    };
+    let a = item(1, vec![2, 3, 4, 5]);
+    let b = item(2, vec![1, 3, 6]);
+    let c = item(7, vec![]);
+    assert!(batch_negatives(&[&a, &b], 0).is_empty());
+    let picked = batch_negatives(&[&a, &b, &c], 2);
+    // Targets 1 and 2 are columns already; a and b give at most 2 each, without repeats.
+    assert!(!picked.contains(&1) && !picked.contains(&2), "{picked:?}");
+    let mut d = picked.clone();
+    d.sort();
+    d.dedup();
+    assert_eq!(d.len(), picked.len());
+    assert!((2..=4).contains(&picked.len()), "{picked:?}");
+    assert_eq!(picked, batch_negatives(&[&a, &b, &c], 2));
+    // Over other batch compositions, a's single pick varies.
+    let firsts: std::collections::HashSet<usize> = (10..30)
+        .map(|t| batch_negatives(&[&a, &item(t, vec![])], 1)[0])
+        .collect();
+    assert!(firsts.len() > 1, "{firsts:?}");
 }

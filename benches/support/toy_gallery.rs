@@ -35,14 +35,11 @@ pub fn toy_gallery(images: usize, demo: &Path) -> ToyGallery {
     // Composed queries: each test query's reference image and modification text.
     let mut queries = Vec::new();
     for chunk in split.queries.chunks(64) {
-        let rows: Vec<u32> = chunk
+        let rows: Vec<usize> = chunk
             .iter()
-            .map(|q| data.row(&split.images[q.reference].scene) as u32)
+            .map(|q| data.row(&split.images[q.reference].scene))
             .collect();
-        let refs = data
-            .pixels
-            .index_select(&Tensor::new(rows, &dev).unwrap(), 0)
-            .unwrap();
+        let refs = data.pixels(&rows).unwrap();
         let texts: Vec<&str> = chunk.iter().map(|q| q.caption.as_str()).collect();
         let tb = data.text.encode_batch(&texts, &dev).unwrap();
         let qf = model

@@ -38,4 +38,4 @@ pub use error::{DetailFusionError, Result};
 pub use init::{NameMap, Source};
 pub use model::{DetailFusion, GalleryFeatures, InitSources, QueryFeatures, CONFIG_FILE, WEIGHTS_FILE};
 pub use pretrain::ItcPretrainer;
-pub use training::{StageTrainer, TrainItem, TrainingData};
+pub use training::{batch_negatives, StageTrainer, TrainItem, TrainingData};

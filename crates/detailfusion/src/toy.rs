@@ -12,6 +12,7 @@ use df_encoders::text_processing::PaddingStrategy;
 use df_encoders::{Blip2Config, ImageProcessor, QFormerConfig, TextProcessor, VisionConfig};
 use df_train::eval::{cirr_val_metrics, CirrMetrics, CirrQuery};
 use df_train::{train, Hooks, LossConfig, OptimizerConfig, Schedule, Stage, TrainerConfig};
+use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::{DetailFusion, DetailFusionConfig, DetailFusionError, ItcPretrainer, Result, TrainItem};
@@ -120,11 +121,14 @@ pub struct ToyData {
     pub world: ToyWorld,
     /// Text processing with the world's own tokenizer.
     pub text: TextProcessor,
-    /// Preprocessed pixels of every distinct scene, `[N, 3, S, S]`.
-    pub pixels: Tensor,
-    /// Scene key → row of `pixels`.
+    /// Every distinct scene's image at the model's input size, kept as 8-bit RGB (a quarter
+    /// of preprocessed `f32`); [`ToyData::pixels`] preprocesses rows on demand.
+    images: Vec<RgbImage>,
+    processor: ImageProcessor,
+    device: Device,
+    /// Scene key → row (image index).
     pub index: HashMap<u128, usize>,
-    /// One caption per row of `pixels`.
+    /// One caption per row.
     pub captions: Vec<String>,
 }
 
@@ -163,22 +167,50 @@ impl ToyData {
                 scenes.len() - 1
             });
         }
-        let proc = ImageProcessor::new(cfg.image_size as usize);
-        let per = proc.values_per_image();
-        let mut values = Vec::with_capacity(scenes.len() * per);
-        for scene in &scenes {
-            values.extend(proc.preprocess_rgb_to_vec(&world.render(scene))?);
-        }
-        let s = cfg.image_size as usize;
-        let pixels = Tensor::from_vec(values, (scenes.len(), 3, s, s), device)?;
+        let processor = ImageProcessor::new(cfg.image_size as usize);
+        let images = scenes
+            .iter()
+            .map(|scene| processor.resize_and_crop(&world.render(scene)))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         let captions = scenes.iter().map(|s| s.caption()).collect();
         Ok(Self {
             world,
             text,
-            pixels,
+            images,
+            processor,
+            device: device.clone(),
             index,
             captions,
         })
+    }
+
+    /// Number of distinct images (rows).
+    pub fn len(&self) -> usize {
+        self.images.len()
+    }
+
+    /// Whether the world has no images.
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+
+    /// Preprocessed pixels `[rows.len(), 3, S, S]` of `rows`.
+    pub fn pixels(&self, rows: &[usize]) -> Result<Tensor> {
+        let per = self.processor.values_per_image();
+        let mut values = vec![0f32; rows.len() * per];
+        for (out, &r) in values.chunks_mut(per).zip(rows) {
+            let img = self.images.get(r).ok_or_else(|| {
+                DetailFusionError::Variant(format!("toy world: no image row {r} (of {})", self.len()))
+            })?;
+            self.processor.preprocess_rgb_into(img, out)?;
+        }
+        let s = self.processor.image_size;
+        Ok(Tensor::from_vec(values, (rows.len(), 3, s, s), &self.device)?)
+    }
+
+    /// The device that [`ToyData::pixels`] puts tensors on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// A stable key per row of `pixels` (the scene's hex key), for [`crate::vit_cache`].
@@ -259,6 +291,7 @@ impl ToyData {
                 reference: self.row(&p.original),
                 target: self.row(&p.edited),
                 text: p.instruction.clone(),
+                negatives: vec![],
             })
             .collect();
         let train = self.split(CirrSplit::Train);
@@ -269,6 +302,12 @@ impl ToyData {
                 reference: self.row(&train.images[q.reference].scene),
                 target: self.row(&train.images[q.target].scene),
                 text: q.caption.clone(),
+                negatives: q
+                    .members
+                    .iter()
+                    .filter(|&&m| m != q.reference && m != q.target)
+                    .map(|&m| self.row(&train.images[m].scene))
+                    .collect(),
             })
             .collect();
         (edits, queries)
@@ -279,14 +318,13 @@ fn data_err(e: df_data::DataError) -> DetailFusionError {
     DetailFusionError::Variant(format!("toy world: {e}"))
 }
 
-/// Frozen ViT features of every row, `[T, W]` each.
-pub fn vit_features(model: &DetailFusion, pixels: &Tensor) -> Result<Vec<Tensor>> {
-    let n = pixels.dim(0)?;
-    let mut out = Vec::with_capacity(n);
-    for start in (0..n).step_by(128) {
-        let len = 128.min(n - start);
-        let f = model.vision_features(&pixels.narrow(0, start, len)?)?;
-        for i in 0..len {
+/// Frozen ViT features of every row of `data`, `[T, W]` each.
+pub fn vit_features(model: &DetailFusion, data: &ToyData) -> Result<Vec<Tensor>> {
+    let rows: Vec<usize> = (0..data.len()).collect();
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(128) {
+        let f = model.vision_features(&data.pixels(chunk)?)?;
+        for i in 0..chunk.len() {
             out.push(f.get(i)?);
         }
     }
@@ -412,11 +450,10 @@ pub(crate) fn pretrain(
     hooks: &Hooks<ItcPretrainer>,
 ) -> Result<()> {
     let rows = stage0_rows(data, preset.stage0_max_images, preset.stage0_hard_negatives);
-    let dev = data.pixels.device().clone();
-    let ids = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &dev)?;
+    let dev = data.device().clone();
     let mut pre = ItcPretrainer::new(
         blip2.clone(),
-        data.pixels.index_select(&ids, 0)?,
+        data.pixels(&rows)?,
         rows.iter().map(|&r| data.captions[r].clone()).collect(),
         data.text.clone(),
         &dev,

@@ -8,6 +8,7 @@ pub mod stages;
 pub mod toy_stages;
 pub mod vision;
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -19,7 +20,7 @@ use df_train::{LossConfig, Stage, Stage2Losses, StageModel, TrainError};
 use crate::{DetailFusion, GalleryFeatures};
 
 /// One training triplet, by image index into [`TrainingData::image_feats`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct TrainItem {
     /// Reference image.
     pub reference: usize,
@@ -27,6 +28,40 @@ pub struct TrainItem {
     pub target: usize,
     /// Modification text (or edit instruction).
     pub text: String,
+    /// Hard negatives: images of the query's candidate set that are not targets (empty where
+    /// the dataset has none). Used when [`LossConfig::hard_negatives`] is above 0.
+    pub negatives: Vec<usize>,
+}
+
+/// Up to `k` hard negatives of each item of a batch, as distinct image indices, never a target
+/// of the batch (it is a column already, and a positive for its own query). Which `k` rotates
+/// with the batch's composition, so each epoch's reshuffle sees other negatives.
+pub fn batch_negatives(items: &[&TrainItem], k: usize) -> Vec<usize> {
+    if k == 0 {
+        return vec![];
+    }
+    let targets: HashSet<usize> = items.iter().map(|t| t.target).collect();
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for t in items {
+        h = df_data::rng::mix64(h ^ (t.reference as u64) ^ ((t.target as u64) << 32));
+    }
+    let mut seen = HashSet::new();
+    let mut out = vec![];
+    for (p, t) in items.iter().enumerate() {
+        let n = t.negatives.len();
+        if n == 0 {
+            continue;
+        }
+        let start = (df_data::rng::mix64(h ^ p as u64) % n as u64) as usize;
+        let picks = (0..n).map(|j| t.negatives[(start + j) % n]);
+        let fresh = picks.filter(|i| !targets.contains(i));
+        for i in fresh.take(k) {
+            if seen.insert(i) {
+                out.push(i);
+            }
+        }
+    }
+    out
 }
 
 /// Triplets plus the frozen ViT features of every unique image, computed once.
@@ -40,14 +75,32 @@ pub struct TrainingData {
     pub text: TextProcessor,
 }
 
+/// Stage 3's inputs, computed once (everything upstream of the compositor is frozen).
+struct Stage3Cache {
+    /// DI and GM outputs of every item.
+    di: BranchOutput,
+    gm: BranchOutput,
+    /// Gallery tokens `[U, Q, P]` of every image used as a target or hard negative.
+    gallery: Tensor,
+    /// Image index → row of `gallery`.
+    rows: HashMap<usize, usize>,
+}
+
 /// A [`DetailFusion`] model bound to its training data.
 pub struct StageTrainer<'a> {
     model: &'a DetailFusion,
     data: &'a TrainingData,
     losses: LossConfig,
-    /// Stage 3 trains on cached branch outputs and gallery features (everything upstream is
-    /// frozen): `(DI out, GM out, target tokens)` for all items, computed on first use.
-    stage3: OnceLock<(BranchOutput, BranchOutput, Tensor)>,
+    stage3: OnceLock<Stage3Cache>,
+}
+
+/// One stage-2 batch: reference ViT features `[B, T, W]`, gallery ViT features
+/// `[B + N, T, W]` (targets, then N hard negatives), text ids and mask `[B, L]`.
+struct Batch {
+    reference: Tensor,
+    gallery: Tensor,
+    ids: Tensor,
+    mask: Tensor,
 }
 
 impl<'a> StageTrainer<'a> {
@@ -72,32 +125,66 @@ impl<'a> StageTrainer<'a> {
         Tensor::stack(&feats, 0)?.to_dtype(candle_core::DType::F32)
     }
 
-    fn batch(&self, idx: &[usize]) -> crate::Result<(Tensor, Tensor, Tensor, Tensor)> {
-        let items: Vec<&TrainItem> = idx.iter().map(|&i| &self.data.items[i]).collect();
-        let reference = self.gather(items.iter().map(|t| t.reference))?;
-        let target = self.gather(items.iter().map(|t| t.target))?;
-        let texts: Vec<&str> = items.iter().map(|t| t.text.as_str()).collect();
-        let tb = self.data.text.encode_batch(&texts, self.model.device())?;
-        Ok((reference, target, tb.input_ids, tb.attention_mask))
+    fn items(&self, idx: &[usize]) -> Vec<&TrainItem> {
+        idx.iter().map(|&i| &self.data.items[i]).collect()
     }
 
-    fn stage3_cache(&self) -> crate::Result<&(BranchOutput, BranchOutput, Tensor)> {
+    /// Targets of the batch, then its hard negatives.
+    fn gallery_images(&self, items: &[&TrainItem]) -> Vec<usize> {
+        let mut images: Vec<usize> = items.iter().map(|t| t.target).collect();
+        images.extend(batch_negatives(items, self.losses.hard_negatives));
+        images
+    }
+
+    fn batch(&self, idx: &[usize], negatives: bool) -> crate::Result<Batch> {
+        let items = self.items(idx);
+        let reference = self.gather(items.iter().map(|t| t.reference))?;
+        let gallery = match negatives {
+            true => self.gallery_images(&items),
+            false => items.iter().map(|t| t.target).collect(),
+        };
+        let gallery = self.gather(gallery.into_iter())?;
+        let texts: Vec<&str> = items.iter().map(|t| t.text.as_str()).collect();
+        let tb = self.data.text.encode_batch(&texts, self.model.device())?;
+        Ok(Batch {
+            reference,
+            gallery,
+            ids: tb.input_ids,
+            mask: tb.attention_mask,
+        })
+    }
+
+    fn stage3_cache(&self) -> crate::Result<&Stage3Cache> {
         if let Some(c) = self.stage3.get() {
             return Ok(c);
         }
         let all: Vec<usize> = (0..self.data.items.len()).collect();
-        let mut parts = (vec![], vec![], vec![]);
+        let (mut di_parts, mut gm_parts) = (vec![], vec![]);
         for chunk in all.chunks(64) {
-            let (r, t, ids, mask) = self.batch(chunk)?;
-            let q = self.model.encode_query_embeds(&r, &ids, &mask)?;
+            let b = self.batch(chunk, false)?;
+            let q = self.model.encode_query_embeds(&b.reference, &b.ids, &b.mask)?;
             let (Some(di), Some(gm)) = (q.di, q.gm) else {
                 return Err(crate::DetailFusionError::Variant(
                     "stage 3 needs both branches".into(),
                 ));
             };
-            parts.0.push(di.detach());
-            parts.1.push(gm.detach());
-            parts.2.push(self.model.encode_image_embeds(&t)?.tokens.detach());
+            di_parts.push(di.detach());
+            gm_parts.push(gm.detach());
+        }
+        let mut images: Vec<usize> = vec![];
+        let mut rows = HashMap::new();
+        for t in &self.data.items {
+            for &i in std::iter::once(&t.target).chain(&t.negatives) {
+                rows.entry(i).or_insert_with(|| {
+                    images.push(i);
+                    images.len() - 1
+                });
+            }
+        }
+        let mut z = vec![];
+        for chunk in images.chunks(64) {
+            let feats = self.gather(chunk.iter().copied())?;
+            z.push(self.model.encode_image_embeds(&feats)?.tokens.detach());
         }
         let cat = |v: Vec<BranchOutput>| -> candle_core::Result<BranchOutput> {
             let g: Vec<&Tensor> = v.iter().map(|b| &b.global).collect();
@@ -109,8 +196,12 @@ impl<'a> StageTrainer<'a> {
                 pass1_queries: Tensor::cat(&p, 0)?.contiguous()?,
             })
         };
-        let z: Vec<&Tensor> = parts.2.iter().collect();
-        let cache = (cat(parts.0)?, cat(parts.1)?, Tensor::cat(&z, 0)?.contiguous()?);
+        let cache = Stage3Cache {
+            di: cat(di_parts)?,
+            gm: cat(gm_parts)?,
+            gallery: Tensor::cat(&z, 0)?.contiguous()?,
+            rows,
+        };
         Ok(self.stage3.get_or_init(|| cache))
     }
 
@@ -122,8 +213,14 @@ impl<'a> StageTrainer<'a> {
             ));
         }
         if stage == Stage::Compositor {
-            let (di, gm, z) = self.stage3_cache()?;
+            let c = self.stage3_cache()?;
             let ids = Tensor::new(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), m.device())?;
+            let gallery: Vec<u32> = self
+                .gallery_images(&self.items(idx))
+                .iter()
+                .map(|i| c.rows[i] as u32)
+                .collect();
+            let gallery = Tensor::new(gallery, m.device())?;
             let pick = |b: &BranchOutput| -> candle_core::Result<BranchOutput> {
                 Ok(BranchOutput {
                     global: b.global.index_select(&ids, 0)?,
@@ -131,12 +228,18 @@ impl<'a> StageTrainer<'a> {
                     pass1_queries: b.pass1_queries.index_select(&ids, 0)?,
                 })
             };
-            let q = m.fuse(Some(pick(di)?), Some(pick(gm)?))?;
-            let loss = contrastive_loss(&q.feature, &z.index_select(&ids, 0)?, m.temp())?;
+            let q = m.fuse(Some(pick(&c.di)?), Some(pick(&c.gm)?))?;
+            let loss = contrastive_loss(&q.feature, &c.gallery.index_select(&gallery, 0)?, m.temp())?;
             return Ok((loss, vec![]));
         }
-        let (reference, target, ids, mask) = self.batch(idx)?;
-        let GalleryFeatures { tokens: z, gm_tokens } = m.encode_image_embeds(&target)?;
+        // Stage 1 keeps its own hard negative (the reference); stage 2 adds candidate sets.
+        let Batch {
+            reference,
+            gallery,
+            ids,
+            mask,
+        } = self.batch(idx, stage == Stage::Joint)?;
+        let GalleryFeatures { tokens: z, gm_tokens } = m.encode_image_embeds(&gallery)?;
         if stage == Stage::Di {
             let di = m
                 .di()

@@ -17,6 +17,11 @@ pub struct LossConfig {
     pub text_only_weight: f64,
     /// Weight of SPRC's prompt-alignment MSE on GM (0.4 on CIRR).
     pub align_weight: f64,
+    /// [design] Candidate-set negatives per query added to each stage-2 and stage-3 batch's
+    /// gallery (0: in-batch negatives only, as in SPRC). They are images one detail away from
+    /// the target (CIRR `img_set` members that are not targets), so the loss sees the
+    /// distinctions that CIRR's subset recall measures.
+    pub hard_negatives: usize,
 }
 
 impl Default for LossConfig {
@@ -25,6 +30,7 @@ impl Default for LossConfig {
             gamma: 1.0,
             text_only_weight: 0.4,
             align_weight: 0.4,
+            hard_negatives: 0,
         }
     }
 }

@@ -91,7 +91,9 @@ fn train_split(run: &BenchmarkRun, stage: Stage) -> Result<(Vec<CirSample>, Gall
 }
 
 /// Triplets by gallery index. Fashion IQ texts are drawn once per run from SPRC's four
-/// variants with `seed` (other datasets use their caption as is).
+/// variants with `seed` (other datasets use their caption as is). Hard negatives are the
+/// CIRR `img_set` members other than the reference and the targets (hard or soft with a
+/// non-negative score); Fashion IQ has none.
 pub fn train_items(samples: &[CirSample], gallery: &Gallery, seed: u64) -> Result<Vec<TrainItem>> {
     let mut rng = Rng::new(seed);
     samples
@@ -110,10 +112,18 @@ pub fn train_items(samples: &[CirSample], gallery: &Gallery, seed: u64) -> Resul
                 QueryText::FashionIq(_) => s.text.training_text(&mut rng),
                 QueryText::Single(t) => t.clone(),
             };
+            let target = s.target.as_deref().unwrap_or_default();
+            let soft_target = |m: &str| s.target_soft.iter().any(|(n, v)| n == m && *v >= 0.0);
+            let members = s.candidates.iter().flat_map(|c| &c.members);
+            let negatives = members
+                .filter(|m| *m != &s.reference && *m != target && !soft_target(m))
+                .map(|m| pos(m, "candidate-set"))
+                .collect::<Result<Vec<_>>>()?;
             Ok(TrainItem {
                 reference: pos(&s.reference, "reference")?,
-                target: pos(s.target.as_deref().unwrap_or_default(), "target")?,
+                target: pos(target, "target")?,
                 text,
+                negatives,
             })
         })
         .collect()
@@ -293,4 +303,55 @@ pub fn train_benchmark_stage(run: &BenchmarkRun, cfg: &StageConfig, resume: bool
             .map_err(|e| err(format!("writing stage.json: {e}")))?;
     }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use df_data::{CandidateSet, Entry};
+
+    use super::*;
+
+    fn gallery(names: &[&str]) -> Gallery {
+        let mut g = Gallery::new();
+        for n in names {
+            g.insert(n.to_string(), PathBuf::from(format!("{n}.png")));
+        }
+        g
+    }
+
+    fn sample(members: &[&str], soft: &[(&str, f32)]) -> CirSample {
+        CirSample {
+            pair_id: 9,
+            source: Entry::File,
+            reference: "r".into(),
+            text: QueryText::Single("make it blue".into()),
+            target: Some("t".into()),
+            target_soft: soft.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+            candidates: Some(CandidateSet {
+                id: 1,
+                members: members.iter().map(|m| m.to_string()).collect(),
+                reference_rank: None,
+                target_rank: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn cirr_negatives_are_the_candidate_set_minus_reference_and_targets() {
+        let g = gallery(&["r", "t", "a", "b", "c"]);
+        let s = sample(&["r", "t", "a", "b", "c"], &[("t", 1.0), ("b", 0.5), ("c", -1.0)]);
+        let items = train_items(&[s], &g, 0).unwrap();
+        // `b` may be a target too (soft score 0.5); `c` is marked not one.
+        assert_eq!(items[0].negatives, vec![2, 4]);
+        assert_eq!((items[0].reference, items[0].target), (0, 1));
+    }
+
+    #[test]
+    fn an_unknown_candidate_is_named() {
+        let s = sample(&["r", "t", "ghost"], &[]);
+        let err = train_items(&[s], &gallery(&["r", "t"]), 0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pair 9") && err.contains("`ghost`"), "{err}");
+    }
 }

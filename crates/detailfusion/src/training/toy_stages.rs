@@ -114,10 +114,7 @@ pub fn run_toy_stages(
     cfg.image_processor = ImageProcessor::new(blip2.vision_config.image_size);
     let base = DetailFusion::from_blip2(&blip2_dir.to_string_lossy(), Some(cfg), &dev)?;
     // The frozen ViT runs once per scene; a rerun with the same backbone reads the cache.
-    let pixels = |rows: &[usize]| -> Result<Tensor> {
-        let ids = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &dev)?;
-        Ok(data.pixels.index_select(&ids, 0)?)
-    };
+    let pixels = |rows: &[usize]| -> Result<Tensor> { data.pixels(rows) };
     let cache = blip2_dir.join("vit_cache.safetensors");
     let feats = crate::vit_cache::cached_vit_features(&base, &data.keys(), &cache, &pixels)?;
     lap("vit_features", &mut seconds);
