@@ -23,7 +23,13 @@ impl VisionEmbeddings {
     /// Loads the embeddings.
     pub fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
-        let class_embedding = vb.get((1, 1, d), "class_embedding")?;
+        // Fresh towers: N(0, 0.02²) like BLIP-2's `initializer_range` (zeros would leave
+        // positions to be learnt from nothing).
+        let embed_init = candle_nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        };
+        let class_embedding = vb.get_with_hints((1, 1, d), "class_embedding", embed_init)?;
         let p = cfg.patch_size;
         let weight = vb.get_with_hints(
             (d, 3, p, p),
@@ -32,7 +38,8 @@ impl VisionEmbeddings {
         )?;
         let bias = vb.get_with_hints(d, "patch_embedding.bias", candle_nn::Init::Const(0.0))?;
         let patch_embedding = Linear::new(weight.reshape((d, 3 * p * p))?, Some(bias));
-        let position_embedding = vb.get((1, cfg.num_positions(), d), "position_embedding")?;
+        let position_embedding =
+            vb.get_with_hints((1, cfg.num_positions(), d), "position_embedding", embed_init)?;
         Ok(Self {
             class_embedding,
             patch_embedding,
@@ -74,7 +81,9 @@ impl VisionAttention {
     /// (transformers 4 and LAVIS).
     pub fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
-        let weight = vb.get((3 * d, d), "qkv.weight")?;
+        // A fresh (untrained) tower needs random q/k weights: with zeros their gradient is zero
+        // too, and attention would stay uniform for good.
+        let weight = vb.get_with_hints((3 * d, d), "qkv.weight", candle_nn::init::DEFAULT_KAIMING_NORMAL)?;
         let bias = if !cfg.qkv_bias {
             None
         } else if vb.contains_tensor("qkv.bias") {
