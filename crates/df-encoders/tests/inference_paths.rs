@@ -141,3 +141,36 @@ fn trimming_padding_changes_nothing() {
     let d = max_diff(&full.narrow(0, 0, 3).unwrap(), &short);
     assert!(d <= 2e-5, "text feature: max |diff| = {d:e}");
 }
+
+/// A freshly initialised tower (stage-0 pretraining starts from one) must be trainable end to
+/// end: zero q/k weights would have zero gradient and freeze attention at uniform.
+#[test]
+fn fresh_vision_tower_attention_gets_gradients() {
+    let dev = Device::Cpu;
+    let cfg: Blip2Config =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("hf/config.json")).unwrap()).unwrap();
+    let varmap = candle_nn::VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let vision = df_encoders::VisionModel::new(&cfg.vision_config, vb.pp("vision_model")).unwrap();
+    let s = cfg.vision_config.image_size;
+    let pixels = Tensor::randn(0f32, 1.0, (2, 3, s, s), &dev).unwrap();
+    let out = vision.forward(&pixels).unwrap();
+    // A non-linear read-out, so that the gradient depends on how tokens mix.
+    let loss = out.sqr().unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    let vars = varmap.data().lock().unwrap();
+    let d = cfg.vision_config.hidden_size;
+    let max_abs = |t: &Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let qkv = &vars["vision_model.encoder.layers.0.self_attn.qkv.weight"];
+    let g = grads.get(qkv).expect("qkv.weight has a gradient");
+    for (part, i) in [("q", 0), ("k", 1)] {
+        let w = qkv.as_tensor().narrow(0, i * d, d).unwrap();
+        assert!(max_abs(&w) > 0.0, "{part} weights start at zero");
+        assert!(
+            max_abs(&g.narrow(0, i * d, d).unwrap()) > 0.0,
+            "{part} gets no gradient"
+        );
+    }
+    let pos = &vars["vision_model.embeddings.position_embedding"];
+    assert!(max_abs(pos.as_tensor()) > 0.0, "positions start at zero");
+}
