@@ -115,6 +115,9 @@ pub fn toy_blip2(image_size: usize, vocab_size: usize) -> Blip2Config {
     }
 }
 
+/// Longest toy text in tokens, special tokens included (within [`toy_blip2`]'s 80 positions).
+pub const TOY_MAX_TXT_LEN: usize = 64;
+
 /// A generated world with its images rendered and preprocessed once.
 pub struct ToyData {
     /// The world.
@@ -150,8 +153,11 @@ impl ToyData {
         let tokenizer = df_data::toy::build_tokenizer().map_err(data_err)?;
         // Padding to the batch's longest text gives the same features as padding to 32
         // (padding is masked) at a fraction of the cost.
-        let text =
-            TextProcessor::from_tokenizer(tokenizer)?.with_padding_strategy(PaddingStrategy::Longest)?;
+        // Scene captions run to ~45 tokens (4 objects and the background): BLIP-2's 32 would cut
+        // the last object and the background from a quarter of them.
+        let text = TextProcessor::from_tokenizer(tokenizer)?
+            .with_max_txt_len(TOY_MAX_TXT_LEN)?
+            .with_padding_strategy(PaddingStrategy::Longest)?;
         let mut scenes: Vec<&Scene> = vec![];
         let mut index = HashMap::new();
         let all = world
@@ -495,5 +501,23 @@ mod tests {
         );
         assert!(paired(&plain) < paired(&hard));
         assert_eq!(stage0_rows(&data, 0, true), all);
+    }
+
+    #[test]
+    fn scene_captions_are_never_truncated() {
+        let mut cfg = ToyConfig::default().with_counts(40, 2, 2);
+        cfg.min_objects = 4;
+        let data = ToyData::generate(&cfg, &Device::Cpu).unwrap();
+        let tok = df_data::toy::build_tokenizer().unwrap();
+        let longest = data.captions.iter().max_by_key(|c| c.len()).unwrap();
+        let full = tok.encode(longest.as_str(), true).unwrap().len();
+        assert!(full > 32, "{full} tokens: {longest}");
+        let ids = data.text.encode(longest, &Device::Cpu).unwrap().input_ids;
+        assert_eq!(ids.dim(1).unwrap(), full, "{longest}");
+        // Pixels come back preprocessed, as many rows as asked, and a bad row is named.
+        let px = data.pixels(&[0, 1]).unwrap();
+        assert_eq!(px.dims(), &[2, 3, 64, 64]);
+        let err = data.pixels(&[data.len()]).unwrap_err().to_string();
+        assert!(err.contains(&format!("row {}", data.len())), "{err}");
     }
 }
