@@ -19,7 +19,9 @@ use detailfusion::benchmarks::{cirr_submission, evaluate_cirr, evaluate_fashioni
 use detailfusion::data::cirr::{CirrDataset, CirrSplit};
 use detailfusion::data::fashioniq::{Category, FashionIqDataset, FiqSplit};
 use detailfusion::data::LoadOptions;
-use detailfusion::toy::{evaluate, vit_features, ToyData, ToyPreset};
+use detailfusion::toy::{
+    caption_scores, evaluate, negative_wins_by_edit, query_scores, vit_features, EditWins, ToyData, ToyPreset,
+};
 use detailfusion::{DetailFusion, TextProcessor};
 
 #[derive(Parser, Debug)]
@@ -47,6 +49,13 @@ struct Args {
     /// Name inside the submission file names.
     #[arg(long, default_value = "detailfusion")]
     submission_name: String,
+    /// Toy: also show, per kind of edit, how often a hard negative outscores the target.
+    #[arg(long)]
+    by_edit: bool,
+    /// Toy, with `--by-edit`: the same for a stage-0 BLIP-2 directory (e.g. `runs/toy/blip2`),
+    /// scoring each target's full caption against the images.
+    #[arg(long)]
+    backbone: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -83,6 +92,20 @@ fn main() -> Result<()> {
             let data = ToyData::generate_splits(&preset.world, &[split], false, &dev)?;
             let feats = vit_features(&model, &data)?;
             print_cirr(&evaluate(&model, &data, &feats, split)?);
+            if args.by_edit {
+                let scores = query_scores(&model, &data, &feats, split)?;
+                println!("\ncomposed queries: hard negatives that score at least as high as the target");
+                print_wins(&negative_wins_by_edit(&data, split, &scores)?);
+                if let Some(dir) = &args.backbone {
+                    let (blip2, _) = detailfusion::encoders::Blip2Model::load(
+                        &dir.to_string_lossy(),
+                        &detailfusion::encoders::LoadOptions::default(),
+                    )?;
+                    let scores = caption_scores(&blip2, &data, split)?;
+                    println!("\n{} (target caption to image): the same", dir.display());
+                    print_wins(&negative_wins_by_edit(&data, split, &scores)?);
+                }
+            }
         }
         "cirr" => {
             let split = match args.split.as_str() {
@@ -126,6 +149,16 @@ fn main() -> Result<()> {
         other => bail!("--dataset {other}: use cirr, fashioniq or toy"),
     }
     Ok(())
+}
+
+fn print_wins(wins: &[EditWins]) {
+    for w in wins.iter().filter(|w| w.negatives > 0) {
+        let pct = 100.0 * w.wins as f64 / w.negatives as f64;
+        println!(
+            "  {:<10} {:>4} of {:>4}  {pct:5.1} %",
+            w.kind, w.wins, w.negatives
+        );
+    }
 }
 
 fn print_cirr(m: &detailfusion::train::eval::CirrMetrics) {

@@ -352,13 +352,13 @@ pub fn vit_features(model: &DetailFusion, data: &ToyData) -> Result<Vec<Tensor>>
     Ok(out)
 }
 
-/// CIRR-style metrics of `model` on a split (gallery = the split's images, reference removed).
-pub fn evaluate(
+/// Composed-query scores `[queries][split images]` of `model` on a split.
+pub fn query_scores(
     model: &DetailFusion,
     data: &ToyData,
     feats: &[Tensor],
     split: CirrSplit,
-) -> Result<CirrMetrics> {
+) -> Result<Vec<Vec<f32>>> {
     let s = data.split(split);
     let rows: Vec<usize> = s.images.iter().map(|i| data.row(&i.scene)).collect();
     let mut gallery = vec![];
@@ -382,6 +382,18 @@ pub fn evaluate(
         let q = model.encode_query_embeds(&Tensor::stack(&refs, 0)?, &tb.input_ids, &tb.attention_mask)?;
         scores.extend(model.score(&q, &gallery)?.to_vec2::<f32>()?);
     }
+    Ok(scores)
+}
+
+/// CIRR-style metrics of `model` on a split (gallery = the split's images, reference removed).
+pub fn evaluate(
+    model: &DetailFusion,
+    data: &ToyData,
+    feats: &[Tensor],
+    split: CirrSplit,
+) -> Result<CirrMetrics> {
+    let s = data.split(split);
+    let scores = query_scores(model, data, feats, split)?;
     let names: Vec<&str> = s.images.iter().map(|i| i.name.as_str()).collect();
     let queries: Vec<CirrQuery> = s
         .queries
@@ -395,6 +407,77 @@ pub fn evaluate(
         .collect();
     cirr_val_metrics(&queries, &names, &scores)
         .map_err(|e| DetailFusionError::Variant(format!("evaluation: {e}")))
+}
+
+/// How often one kind of hard negative outscores its query's target.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EditWins {
+    /// The edit that turns the target into the negative ([`df_data::toy::Edit::kind`]).
+    pub kind: &'static str,
+    /// Negatives of this kind over the split's queries.
+    pub negatives: usize,
+    /// Of those, how many score at least as high as the target.
+    pub wins: usize,
+}
+
+/// Per kind of edit, how often a query's hard negative scores at least as high as its target,
+/// from `scores: [queries][split images]` ([`query_scores`] or [`caption_scores`]). A kind
+/// near 50 % is one the scores cannot see.
+pub fn negative_wins_by_edit(data: &ToyData, split: CirrSplit, scores: &[Vec<f32>]) -> Result<Vec<EditWins>> {
+    let s = data.split(split);
+    if scores.len() != s.queries.len() || scores.iter().any(|r| r.len() != s.images.len()) {
+        return Err(DetailFusionError::Variant(format!(
+            "scores: expected {} rows of {} images",
+            s.queries.len(),
+            s.images.len()
+        )));
+    }
+    let mut out: Vec<EditWins> = df_data::toy::Edit::KINDS
+        .iter()
+        .map(|&kind| EditWins {
+            kind,
+            negatives: 0,
+            wins: 0,
+        })
+        .collect();
+    for (q, row) in s.queries.iter().zip(scores) {
+        for n in &q.negatives {
+            let k = out
+                .iter_mut()
+                .find(|e| e.kind == n.edit.kind())
+                .expect("every kind is listed");
+            k.negatives += 1;
+            k.wins += usize::from(row[n.image] >= row[q.target]);
+        }
+    }
+    Ok(out)
+}
+
+/// Caption-to-image scores `[queries][split images]` of a (stage-0) BLIP-2: each query's *target
+/// caption* against every image of the split, max over query tokens. What the backbone can tell
+/// apart when the text says everything.
+pub fn caption_scores(
+    blip2: &df_encoders::Blip2Model,
+    data: &ToyData,
+    split: CirrSplit,
+) -> Result<Vec<Vec<f32>>> {
+    let s = data.split(split);
+    let rows: Vec<usize> = s.images.iter().map(|i| data.row(&i.scene)).collect();
+    let mut tokens = vec![];
+    for chunk in rows.chunks(128) {
+        tokens.push(blip2.image_features(&data.pixels(chunk)?)?);
+    }
+    let tokens = Tensor::cat(&tokens, 0)?; // [N, Q, P]
+    let mut scores = vec![];
+    for chunk in s.queries.chunks(64) {
+        let caps: Vec<String> = chunk.iter().map(|q| s.images[q.target].scene.caption()).collect();
+        let caps: Vec<&str> = caps.iter().map(|c| c.as_str()).collect();
+        let tb = data.text.encode_batch(&caps, data.device())?;
+        let text = blip2.text_features(&tb.input_ids, &tb.attention_mask)?; // [B, P]
+        let s = df_encoders::cir::max_token_scores(&text, &tokens)?; // [B, N]
+        scores.extend(s.to_vec2::<f32>()?);
+    }
+    Ok(scores)
 }
 
 /// What a toy run produced.
@@ -534,5 +617,42 @@ mod tests {
         assert_eq!(px.dims(), &[2, 3, 64, 64]);
         let err = data.pixels(&[data.len()]).unwrap_err().to_string();
         assert!(err.contains(&format!("row {}", data.len())), "{err}");
+    }
+
+    #[test]
+    fn negative_wins_count_by_edit_kind() {
+        let data = ToyData::generate_splits(
+            &ToyConfig::default().with_counts(4, 4, 30),
+            &[CirrSplit::Test1],
+            false,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let s = data.split(CirrSplit::Test1);
+        // The target scores 1; move negatives 2 (they win), every other negative 0.
+        let scores: Vec<Vec<f32>> = s
+            .queries
+            .iter()
+            .map(|q| {
+                let mut row = vec![0.0; s.images.len()];
+                row[q.target] = 1.0;
+                for n in q.negatives.iter().filter(|n| n.edit.kind() == "move") {
+                    row[n.image] = 2.0;
+                }
+                row
+            })
+            .collect();
+        let wins = negative_wins_by_edit(&data, CirrSplit::Test1, &scores).unwrap();
+        let total: usize = wins.iter().map(|w| w.negatives).sum();
+        let expected: usize = s.queries.iter().map(|q| q.negatives.len()).sum();
+        assert_eq!(total, expected);
+        for w in &wins {
+            let want = if w.kind == "move" { w.negatives } else { 0 };
+            assert_eq!(w.wins, want, "{w:?}");
+        }
+        assert!(wins.iter().any(|w| w.kind == "move" && w.negatives > 0));
+        // Scores of the wrong shape are refused, not indexed out of bounds.
+        let err = negative_wins_by_edit(&data, CirrSplit::Test1, &scores[1..]).unwrap_err();
+        assert!(err.to_string().contains("expected 30 rows"), "{err}");
     }
 }

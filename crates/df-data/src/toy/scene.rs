@@ -382,6 +382,30 @@ pub enum Edit {
 }
 
 impl Edit {
+    /// Every kind name of [`Edit::kind`], in declaration order.
+    pub const KINDS: [&'static str; 7] = [
+        "recolour",
+        "reshape",
+        "resize",
+        "move",
+        "add",
+        "remove",
+        "background",
+    ];
+
+    /// The kind of edit, as a lowercase name (`"recolour"`, `"move"`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Edit::Recolour { .. } => "recolour",
+            Edit::Reshape { .. } => "reshape",
+            Edit::Resize { .. } => "resize",
+            Edit::Move { .. } => "move",
+            Edit::Add { .. } => "add",
+            Edit::Remove { .. } => "remove",
+            Edit::Background { .. } => "background",
+        }
+    }
+
     /// The cell whose object this edit leaves changed (the destination for moves); `None` for
     /// background edits.
     pub fn touched_cell(&self) -> Option<u8> {
