@@ -20,7 +20,8 @@ use detailfusion::data::cirr::{CirrDataset, CirrSplit};
 use detailfusion::data::fashioniq::{Category, FashionIqDataset, FiqSplit};
 use detailfusion::data::LoadOptions;
 use detailfusion::toy::{
-    caption_scores, evaluate, negative_wins_by_edit, query_scores, vit_features, EditWins, ToyData, ToyPreset,
+    caption_scores, negative_wins_by_edit, query_scores, split_metrics, vit_features, EditWins, ToyData,
+    ToyPreset,
 };
 use detailfusion::{DetailFusion, TextProcessor};
 
@@ -91,9 +92,10 @@ fn main() -> Result<()> {
             };
             let data = ToyData::generate_splits(&preset.world, &[split], false, &dev)?;
             let feats = vit_features(&model, &data)?;
-            print_cirr(&evaluate(&model, &data, &feats, split)?);
+            // One set of scores for the metrics and the per-edit breakdown.
+            let scores = query_scores(&model, &data, &feats, split)?;
+            print_cirr(&split_metrics(&data, split, &scores)?);
             if args.by_edit {
-                let scores = query_scores(&model, &data, &feats, split)?;
                 println!("\ncomposed queries: hard negatives that score at least as high as the target");
                 print_wins(&negative_wins_by_edit(&data, split, &scores)?);
                 if let Some(dir) = &args.backbone {

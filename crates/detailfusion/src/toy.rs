@@ -70,7 +70,8 @@ fn stage_cfg(epochs: usize, batch: usize, lr: f64, seed: u64) -> TrainerConfig {
 impl Default for ToyPreset {
     fn default() -> Self {
         // 7,500 training queries: stage 2 generalises with data far more than with epochs
-        // (2,500 queries x 12 epochs reached toy val 58, 7,500 x 6 reached 65).
+        // (on one stage-0 backbone: 2,500 queries x 12 epochs reached toy val 58, 7,500 x 6
+        // reached 65).
         let mut world = ToyConfig::default().with_counts(7500, 200, 300);
         world.ipr2pr = 2500;
         Self {
@@ -392,8 +393,12 @@ pub fn evaluate(
     feats: &[Tensor],
     split: CirrSplit,
 ) -> Result<CirrMetrics> {
+    split_metrics(data, split, &query_scores(model, data, feats, split)?)
+}
+
+/// CIRR-style metrics of `scores: [queries][split images]` (from [`query_scores`]).
+pub fn split_metrics(data: &ToyData, split: CirrSplit, scores: &[Vec<f32>]) -> Result<CirrMetrics> {
     let s = data.split(split);
-    let scores = query_scores(model, data, feats, split)?;
     let names: Vec<&str> = s.images.iter().map(|i| i.name.as_str()).collect();
     let queries: Vec<CirrQuery> = s
         .queries
@@ -405,7 +410,7 @@ pub fn evaluate(
             members: q.members.iter().map(|&m| names[m].to_string()).collect(),
         })
         .collect();
-    cirr_val_metrics(&queries, &names, &scores)
+    cirr_val_metrics(&queries, &names, scores)
         .map_err(|e| DetailFusionError::Variant(format!("evaluation: {e}")))
 }
 
@@ -474,8 +479,8 @@ pub fn caption_scores(
         let caps: Vec<&str> = caps.iter().map(|c| c.as_str()).collect();
         let tb = data.text.encode_batch(&caps, data.device())?;
         let text = blip2.text_features(&tb.input_ids, &tb.attention_mask)?; // [B, P]
-        let s = df_encoders::cir::max_token_scores(&text, &tokens)?; // [B, N]
-        scores.extend(s.to_vec2::<f32>()?);
+        let batch = df_encoders::cir::max_token_scores(&text, &tokens)?; // [B, N]
+        scores.extend(batch.to_vec2::<f32>()?);
     }
     Ok(scores)
 }

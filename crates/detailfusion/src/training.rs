@@ -139,9 +139,10 @@ impl<'a> StageTrainer<'a> {
     fn batch(&self, idx: &[usize], negatives: bool) -> crate::Result<Batch> {
         let items = self.items(idx);
         let reference = self.gather(items.iter().map(|t| t.reference))?;
-        let gallery = match negatives {
-            true => self.gallery_images(&items),
-            false => items.iter().map(|t| t.target).collect(),
+        let gallery = if negatives {
+            self.gallery_images(&items)
+        } else {
+            items.iter().map(|t| t.target).collect()
         };
         let gallery = self.gather(gallery.into_iter())?;
         let texts: Vec<&str> = items.iter().map(|t| t.text.as_str()).collect();
@@ -171,10 +172,13 @@ impl<'a> StageTrainer<'a> {
             di_parts.push(di.detach());
             gm_parts.push(gm.detach());
         }
+        // Targets, plus negatives only when batches will ask for them.
+        let with_negatives = self.losses.hard_negatives > 0;
         let mut images: Vec<usize> = vec![];
         let mut rows = HashMap::new();
         for t in &self.data.items {
-            for &i in std::iter::once(&t.target).chain(&t.negatives) {
+            let negatives = if with_negatives { &t.negatives[..] } else { &[] };
+            for &i in std::iter::once(&t.target).chain(negatives) {
                 rows.entry(i).or_insert_with(|| {
                     images.push(i);
                     images.len() - 1
