@@ -337,6 +337,107 @@ fn stage0_hard_negatives_link_near_duplicates() {
     assert!(err.contains("hard negatives"), "{err}");
 }
 
+/// Stage 0's scene-parsing loss adds to the contrastive one, trains its own head (which the
+/// saved BLIP-2 checkpoint leaves out) and refuses labels of the wrong shape.
+#[test]
+fn stage0_scene_parsing_adds_a_trained_head_left_out_of_the_checkpoint() {
+    use detailfusion::data::toy::ToyConfig;
+    use detailfusion::toy::{toy_blip2, ToyData};
+    use detailfusion::train::StageModel;
+    use detailfusion::{ItcPretrainer, SceneParsing};
+    let dev = Device::Cpu;
+    let mut cfg = ToyConfig::default().with_counts(6, 2, 2);
+    cfg.ipr2pr = 2;
+    let data = ToyData::generate(&cfg, &dev).unwrap();
+    let rows = data.train_rows();
+    let labels = data.cell_labels(&rows).unwrap();
+    assert_eq!(labels.dims(), &[rows.len(), 9, 3]);
+    // Every scene has 1-4 objects: as many non-empty cells, with in-range classes.
+    let l = labels.to_vec3::<u32>().unwrap();
+    for cells in &l {
+        let full = cells.iter().filter(|c| c[0] > 0).count();
+        assert!((1..=4).contains(&full), "{cells:?}");
+        assert!(cells
+            .iter()
+            .all(|c| (c[0] > 0) == (c[1] > 0) && c[0] <= 5 && c[1] <= 6 && c[2] <= 2));
+    }
+    let pre = ItcPretrainer::new(
+        toy_blip2(64, 100),
+        data.pixels(&rows).unwrap(),
+        rows.iter().map(|&r| data.captions[r].clone()).collect(),
+        data.text.clone(),
+        &dev,
+    )
+    .unwrap();
+    let batch = [0, 1, 2];
+    let scene = SceneParsing {
+        weight: 2.0,
+        ..SceneParsing::default()
+    };
+    let itc = pre
+        .loss(Stage::Itc, &batch)
+        .unwrap()
+        .0
+        .to_scalar::<f32>()
+        .unwrap();
+    let before = pre.trainable(Stage::Itc).len();
+    let err = pre
+        .with_scene_parsing(labels.narrow(0, 1, rows.len() - 1).unwrap(), &scene)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("scene labels"), "{err}");
+    let pre = ItcPretrainer::new(
+        toy_blip2(64, 100),
+        data.pixels(&rows).unwrap(),
+        rows.iter().map(|&r| data.captions[r].clone()).collect(),
+        data.text.clone(),
+        &dev,
+    )
+    .unwrap();
+    let plain = pre
+        .loss(Stage::Itc, &batch)
+        .unwrap()
+        .0
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(plain > 0.0 && itc > 0.0);
+    let pre = pre.with_scene_parsing(labels, &scene).unwrap();
+    let (loss, parts) = pre.loss(Stage::Itc, &batch).unwrap();
+    let part = |name: &str| parts.iter().find(|(n, _)| n == name).unwrap().1;
+    assert!((part("itc") - plain).abs() < 1e-5, "{parts:?} vs {plain}");
+    // At initialisation each cell label is near-uniform: about ln 6, ln 7, ln 3.
+    assert!(part("scene") > 1.0, "{parts:?}");
+    let total = loss.to_scalar::<f32>().unwrap();
+    assert!(
+        (total - plain - 2.0 * part("scene")).abs() < 1e-4,
+        "{total} {parts:?}"
+    );
+    let vars = pre.trainable(Stage::Itc);
+    // One head each on the ViT, the query tokens and the text feature.
+    assert_eq!(vars.len(), before + 6);
+    let grads = loss.backward().unwrap();
+    for name in ["scene_vit.weight", "scene_queries.weight", "scene_text.weight"] {
+        let head = vars.iter().find(|(n, _)| n == name).unwrap();
+        let g = grads.get(head.1.as_tensor()).unwrap();
+        assert!(
+            g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0,
+            "{name}"
+        );
+    }
+    // The ViT's patch tokens get the scene gradient too: that is the point of the loss.
+    let patch = vars
+        .iter()
+        .find(|(n, _)| n.contains("patch_embedding.weight"))
+        .unwrap();
+    assert!(grads.get(patch.1.as_tensor()).is_some());
+    let dir = tmp("scene-head");
+    pre.save_hf(&dir).unwrap();
+    let saved = candle_core::safetensors::load(dir.join("model.safetensors"), &dev).unwrap();
+    assert!(saved.keys().all(|k| !k.starts_with("scene_")));
+    assert_eq!(saved.len(), before);
+}
+
 #[test]
 fn candidate_negatives_join_the_stage2_and_stage3_galleries() {
     use detailfusion::train::StageModel;

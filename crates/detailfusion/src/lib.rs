@@ -37,5 +37,5 @@ pub use df_encoders::{
 pub use error::{DetailFusionError, Result};
 pub use init::{NameMap, Source};
 pub use model::{DetailFusion, GalleryFeatures, InitSources, QueryFeatures, CONFIG_FILE, WEIGHTS_FILE};
-pub use pretrain::ItcPretrainer;
+pub use pretrain::{ItcPretrainer, SceneParsing};
 pub use training::{batch_negatives, StageTrainer, TrainItem, TrainingData};

@@ -2,10 +2,16 @@
 //! stand-in for the real BLIP-2 weights, which cannot be had here. The result is saved as a
 //! Hugging Face BLIP-2 checkpoint that [`crate::DetailFusion::from_blip2`] reads.
 
+mod scene;
+
+use scene::SceneHeads;
+pub use scene::SceneParsing;
+
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
+use df_data::toy::CELLS;
 use df_encoders::{Blip2Config, Blip2Model, TextProcessor};
 use df_train::losses::itc_loss;
 use df_train::{Stage, StageModel, TrainError};
@@ -21,6 +27,7 @@ pub struct ItcPretrainer {
     config: Blip2Config,
     /// Per image, the images that differ from it by a small edit (empty: no hard negatives).
     partners: Vec<Vec<usize>>,
+    scene: Option<SceneHeads>,
 }
 
 impl ItcPretrainer {
@@ -53,7 +60,23 @@ impl ItcPretrainer {
             text,
             config,
             partners: Vec::new(),
+            scene: None,
         })
+    }
+
+    /// Adds the [design] toy scene-parsing loss ([`SceneParsing`]): `labels: [N, CELLS, 3]`
+    /// u32, one row per image (see [`crate::toy::ToyData::cell_labels`]).
+    pub fn with_scene_parsing(mut self, labels: Tensor, opts: &SceneParsing) -> crate::Result<Self> {
+        let n = self.captions.len();
+        if labels.dims() != [n, usize::from(CELLS), 3] || labels.dtype() != DType::U32 {
+            return Err(crate::DetailFusionError::Variant(format!(
+                "scene labels: expected u32 [{n}, {CELLS}, 3], got {:?} {:?}",
+                labels.dtype(),
+                labels.dims()
+            )));
+        }
+        self.scene = Some(SceneHeads::new(&self.config, labels, opts)?);
+        Ok(self)
     }
 
     /// Hard negatives: `partners[i]` lists images that differ from image `i` by a small edit.
@@ -135,6 +158,10 @@ impl StageModel for ItcPretrainer {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        if let Some(head) = &self.scene {
+            let data = head.vars.data().lock().unwrap();
+            v.extend(data.iter().map(|(k, x)| (k.clone(), x.clone())));
+        }
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
@@ -151,13 +178,23 @@ impl StageModel for ItcPretrainer {
             .text
             .encode_batch(&texts, self.pixels.device())
             .map_err(|e| TrainError::Model(e.to_string()))?;
-        let run = || -> df_encoders::Result<(Tensor, Tensor)> {
-            let z = self.model.image_features(&pixels)?;
+        let run = || -> df_encoders::Result<(Tensor, Tensor, Tensor)> {
+            let tokens = self.model.vision_features(&pixels)?;
+            let z = self.model.encoder.image_features(&tokens)?;
             let t = self.model.text_features(&tb.input_ids, &tb.attention_mask)?;
-            Ok((z, t))
+            Ok((tokens, z, t))
         };
-        let (z, t) = run().map_err(|e| TrainError::Model(e.to_string()))?;
-        Ok((itc_loss(&z, &t, &self.temp)?, vec![]))
+        let (tokens, z, t) = run().map_err(|e| TrainError::Model(e.to_string()))?;
+        let itc = itc_loss(&z, &t, &self.temp)?;
+        let Some(head) = &self.scene else {
+            return Ok((itc, vec![]));
+        };
+        let scene = head.loss(&ids, &tokens, &z, &t)?;
+        let parts = vec![
+            ("itc".to_string(), itc.to_scalar::<f32>()?),
+            ("scene".to_string(), scene.to_scalar::<f32>()?),
+        ];
+        Ok(((itc + (scene * head.weight)?)?, parts))
     }
 
     fn save(&self, dir: &Path) -> df_train::Result<()> {

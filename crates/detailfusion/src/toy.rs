@@ -7,7 +7,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use df_data::cirr::CirrSplit;
-use df_data::toy::{Scene, ToyConfig, ToyWorld};
+use df_data::toy::{Scene, ToyConfig, ToyWorld, CELLS};
 use df_encoders::text_processing::PaddingStrategy;
 use df_encoders::{Blip2Config, ImageProcessor, QFormerConfig, TextProcessor, VisionConfig};
 use df_train::eval::{cirr_val_metrics, CirrMetrics, CirrQuery};
@@ -15,7 +15,9 @@ use df_train::{train, Hooks, LossConfig, OptimizerConfig, Schedule, Stage, Train
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-use crate::{DetailFusion, DetailFusionConfig, DetailFusionError, ItcPretrainer, Result, TrainItem};
+use crate::{
+    DetailFusion, DetailFusionConfig, DetailFusionError, ItcPretrainer, Result, SceneParsing, TrainItem,
+};
 
 /// Every setting of a toy run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +39,10 @@ pub struct ToyPreset {
     /// Stage 0 adds hard negatives to each batch: images one edit away (edit pairs, and the
     /// reference, target and negatives of each training query).
     pub stage0_hard_negatives: bool,
+    /// [design] Stage 0's scene-parsing loss: linear heads predict each grid cell's shape,
+    /// colour and size, so that the stand-in backbone sees what the edits change (weight 0:
+    /// captions only). See [`SceneParsing`].
+    pub stage0_scene: SceneParsing,
     /// Stage 1 (DI on atomic edits); `None` skips it (the "without stage 1" ablation).
     pub stage1: Option<TrainerConfig>,
     /// Stage 2 (joint).
@@ -90,6 +96,10 @@ impl Default for ToyPreset {
             stage0_max_images: 6000,
             stage0_checkpoint: None,
             stage0_hard_negatives: true,
+            stage0_scene: SceneParsing {
+                weight: 1.0,
+                ..SceneParsing::default()
+            },
             stage1: Some(stage_cfg(6, 32, 3e-4, 1)),
             stage2: stage_cfg(5, 64, 5e-4, 2),
             stage3: stage_cfg(10, 64, 1e-3, 3),
@@ -149,6 +159,8 @@ pub struct ToyData {
     pub index: HashMap<u128, usize>,
     /// One caption per row.
     pub captions: Vec<String>,
+    /// One [`Scene::cell_labels`] per row.
+    labels: Vec<[[u8; 3]; CELLS as usize]>,
 }
 
 impl ToyData {
@@ -195,6 +207,7 @@ impl ToyData {
             .map(|scene| processor.resize_and_crop(&world.render(scene)))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let captions = scenes.iter().map(|s| s.caption()).collect();
+        let labels = scenes.iter().map(|s| s.cell_labels()).collect();
         Ok(Self {
             world,
             text,
@@ -203,6 +216,7 @@ impl ToyData {
             device: device.clone(),
             index,
             captions,
+            labels,
         })
     }
 
@@ -228,6 +242,23 @@ impl ToyData {
         }
         let s = self.processor.image_size;
         Ok(Tensor::from_vec(values, (rows.len(), 3, s, s), &self.device)?)
+    }
+
+    /// Per-cell `[shape, colour, size]` classes `[rows.len(), CELLS, 3]` (u32) of `rows`; see
+    /// [`Scene::cell_labels`].
+    pub fn cell_labels(&self, rows: &[usize]) -> Result<Tensor> {
+        let mut values = Vec::with_capacity(rows.len() * CELLS as usize * 3);
+        for &r in rows {
+            let l = self.labels.get(r).ok_or_else(|| {
+                DetailFusionError::Variant(format!("toy world: no image row {r} (of {})", self.len()))
+            })?;
+            values.extend(l.iter().flatten().map(|&v| u32::from(v)));
+        }
+        Ok(Tensor::from_vec(
+            values,
+            (rows.len(), CELLS as usize, 3),
+            &self.device,
+        )?)
     }
 
     /// The device that [`ToyData::pixels`] puts tensors on.
@@ -569,6 +600,9 @@ pub(crate) fn pretrain(
     )?;
     if preset.stage0_hard_negatives {
         pre = pre.with_hard_negatives(data.partners(&rows))?;
+    }
+    if preset.stage0_scene.weight > 0.0 {
+        pre = pre.with_scene_parsing(data.cell_labels(&rows)?, &preset.stage0_scene)?;
     }
     train(&pre, Stage::Itc, rows.len(), &preset.stage0, run_dir, None, hooks)?;
     pre.save_hf(dir)?;

@@ -247,6 +247,20 @@ impl Scene {
         mix64(mix64(k as u64) ^ (k >> 64) as u64)
     }
 
+    /// Per grid cell, `[shape, colour, size]` as class indices counted from 1, or `[0, 0, 0]`
+    /// for an empty cell: dense labels for the toy stage-0 scene-parsing loss.
+    pub fn cell_labels(&self) -> [[u8; 3]; CELLS as usize] {
+        let mut out = [[0u8; 3]; CELLS as usize];
+        for o in &self.objects {
+            out[usize::from(o.cell)] = [
+                o.shape.index() as u8 + 1,
+                o.colour.index() as u8 + 1,
+                o.size.index() as u8 + 1,
+            ];
+        }
+        out
+    }
+
     /// The object in `cell`.
     pub fn at(&self, cell: u8) -> Option<&Object> {
         self.objects.iter().find(|o| o.cell == cell)
@@ -575,6 +589,13 @@ mod tests {
         assert!(s.apply(&Edit::Remove { cell: 7 }).is_none());
         let moved = s.apply(&Edit::Move { from: 0, to: 8 }).unwrap();
         assert_eq!(moved.objects.last().unwrap().cell, 8);
+        // Cell labels count classes from 1 (0: empty); a move moves the label.
+        let labels = s.cell_labels();
+        assert_eq!(labels[0], [1, 1, 2]);
+        assert_eq!(labels[4], [2, 3, 1]);
+        assert_eq!(labels.iter().filter(|l| **l == [0, 0, 0]).count(), 7);
+        let moved = moved.cell_labels();
+        assert_eq!((moved[0], moved[8]), ([0, 0, 0], [1, 1, 2]));
     }
 
     #[test]
