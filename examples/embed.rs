@@ -41,6 +41,8 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    // Candle allocates per op; glibc would otherwise return and re-fault that memory each step.
+    detailfusion::keep_freed_memory();
     let args = Args::parse();
     let dtype = match args.dtype.as_str() {
         "f32" => DType::F32,

@@ -60,6 +60,8 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    // Candle allocates per op; glibc would otherwise return and re-fault that memory each step.
+    detailfusion::keep_freed_memory();
     let args = Args::parse();
     let dev = match args.device.as_str() {
         "cpu" => Device::Cpu,

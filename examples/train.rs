@@ -87,6 +87,8 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    // Candle allocates per op; glibc would otherwise return and re-fault that memory each step.
+    detailfusion::keep_freed_memory();
     let args = Args::parse();
     let started = std::time::Instant::now();
     let stamp = move |line: &str| eprintln!("[{:7.1}s] {line}", started.elapsed().as_secs_f64());

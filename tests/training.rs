@@ -272,19 +272,33 @@ fn bad_training_settings_are_refused() {
     assert!(err.to_string().contains("trainer.json"), "{err}");
 }
 
+/// A small toy world (`train` training queries, `ipr2pr` edit pairs) and its training rows.
+fn small_toy(train: usize, ipr2pr: usize) -> (detailfusion::toy::ToyData, Vec<usize>) {
+    let mut cfg = detailfusion::data::toy::ToyConfig::default().with_counts(train, 2, 2);
+    cfg.ipr2pr = ipr2pr;
+    let data = detailfusion::toy::ToyData::generate(&cfg, &Device::Cpu).unwrap();
+    let rows = data.train_rows();
+    (data, rows)
+}
+
+/// A fresh stage-0 pretrainer over `rows` of `data`.
+fn pretrainer(data: &detailfusion::toy::ToyData, rows: &[usize]) -> detailfusion::ItcPretrainer {
+    detailfusion::ItcPretrainer::new(
+        detailfusion::toy::toy_blip2(64, 100),
+        data.pixels(rows).unwrap(),
+        rows.iter().map(|&r| data.captions[r].clone()).collect(),
+        data.text.clone(),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
 /// Stage 0's hard negatives link each image with its near-duplicates, and they make the
 /// contrastive batch larger: a batch of one has zero loss alone, not with its partner.
 #[test]
 fn stage0_hard_negatives_link_near_duplicates() {
-    use detailfusion::data::toy::ToyConfig;
-    use detailfusion::toy::{toy_blip2, ToyData};
     use detailfusion::train::StageModel;
-    use detailfusion::ItcPretrainer;
-    let dev = Device::Cpu;
-    let mut cfg = ToyConfig::default().with_counts(12, 2, 2);
-    cfg.ipr2pr = 8;
-    let data = ToyData::generate(&cfg, &dev).unwrap();
-    let rows = data.train_rows();
+    let (data, rows) = small_toy(12, 8);
     let partners = data.partners(&rows);
     let pos = |s| rows.iter().position(|&r| r == data.row(s)).unwrap();
     for p in &data.world.edit_pairs {
@@ -301,16 +315,7 @@ fn stage0_hard_negatives_link_near_duplicates() {
             .iter()
             .all(|&j| data.captions[rows[j]] != data.captions[rows[i]]));
     }
-    let make = || {
-        ItcPretrainer::new(
-            toy_blip2(64, 100),
-            data.pixels(&rows).unwrap(),
-            rows.iter().map(|&r| data.captions[r].clone()).collect(),
-            data.text.clone(),
-            &dev,
-        )
-        .unwrap()
-    };
+    let make = || pretrainer(&data, &rows);
     let linked = (0..rows.len()).find(|&i| !partners[i].is_empty()).unwrap();
     let alone = make()
         .loss(Stage::Itc, &[linked])
@@ -341,15 +346,10 @@ fn stage0_hard_negatives_link_near_duplicates() {
 /// saved BLIP-2 checkpoint leaves out) and refuses labels of the wrong shape.
 #[test]
 fn stage0_scene_parsing_adds_a_trained_head_left_out_of_the_checkpoint() {
-    use detailfusion::data::toy::ToyConfig;
-    use detailfusion::toy::{toy_blip2, ToyData};
     use detailfusion::train::StageModel;
-    use detailfusion::{ItcPretrainer, SceneParsing};
+    use detailfusion::SceneParsing;
     let dev = Device::Cpu;
-    let mut cfg = ToyConfig::default().with_counts(6, 2, 2);
-    cfg.ipr2pr = 2;
-    let data = ToyData::generate(&cfg, &dev).unwrap();
-    let rows = data.train_rows();
+    let (data, rows) = small_toy(6, 2);
     let labels = data.cell_labels(&rows).unwrap();
     assert_eq!(labels.dims(), &[rows.len(), 9, 3]);
     // Every scene has 1-4 objects: as many non-empty cells, with in-range classes.
@@ -361,14 +361,7 @@ fn stage0_scene_parsing_adds_a_trained_head_left_out_of_the_checkpoint() {
             .iter()
             .all(|c| (c[0] > 0) == (c[1] > 0) && c[0] <= 5 && c[1] <= 6 && c[2] <= 2));
     }
-    let pre = ItcPretrainer::new(
-        toy_blip2(64, 100),
-        data.pixels(&rows).unwrap(),
-        rows.iter().map(|&r| data.captions[r].clone()).collect(),
-        data.text.clone(),
-        &dev,
-    )
-    .unwrap();
+    let pre = pretrainer(&data, &rows);
     let batch = [0, 1, 2];
     let scene = SceneParsing {
         weight: 2.0,
@@ -387,14 +380,7 @@ fn stage0_scene_parsing_adds_a_trained_head_left_out_of_the_checkpoint() {
         .unwrap()
         .to_string();
     assert!(err.contains("scene labels"), "{err}");
-    let pre = ItcPretrainer::new(
-        toy_blip2(64, 100),
-        data.pixels(&rows).unwrap(),
-        rows.iter().map(|&r| data.captions[r].clone()).collect(),
-        data.text.clone(),
-        &dev,
-    )
-    .unwrap();
+    let pre = pretrainer(&data, &rows);
     let plain = pre
         .loss(Stage::Itc, &batch)
         .unwrap()

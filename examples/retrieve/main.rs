@@ -290,6 +290,8 @@ fn demo_gallery(cache: &Path, n_queries: usize) -> Result<(PathBuf, Vec<Query>)>
 }
 
 fn main() -> Result<()> {
+    // Candle allocates per op; glibc would otherwise return and re-fault that memory each step.
+    detailfusion::keep_freed_memory();
     let args = Args::parse();
     let started = std::time::Instant::now();
     let spec = args

@@ -16,6 +16,7 @@ mod config;
 mod error;
 pub mod index;
 mod init;
+mod malloc;
 mod model;
 mod pretrain;
 pub mod toy;
@@ -36,6 +37,7 @@ pub use df_encoders::{
 };
 pub use error::{DetailFusionError, Result};
 pub use init::{NameMap, Source};
+pub use malloc::keep_freed_memory;
 pub use model::{DetailFusion, GalleryFeatures, InitSources, QueryFeatures, CONFIG_FILE, WEIGHTS_FILE};
 pub use pretrain::{ItcPretrainer, SceneParsing};
 pub use training::{batch_negatives, StageTrainer, TrainItem, TrainingData};
