@@ -75,6 +75,11 @@ impl ItcPretrainer {
                 labels.dims()
             )));
         }
+        if !(opts.vit || opts.queries || opts.text) {
+            return Err(crate::DetailFusionError::Variant(
+                "scene parsing: no head enabled (vit, queries and text are all false)".into(),
+            ));
+        }
         self.scene = Some(SceneHeads::new(&self.config, labels, opts)?);
         Ok(self)
     }

@@ -235,9 +235,7 @@ impl ToyData {
         let per = self.processor.values_per_image();
         let mut values = vec![0f32; rows.len() * per];
         for (out, &r) in values.chunks_mut(per).zip(rows) {
-            let img = self.images.get(r).ok_or_else(|| {
-                DetailFusionError::Variant(format!("toy world: no image row {r} (of {})", self.len()))
-            })?;
+            let img = self.images.get(r).ok_or_else(|| self.no_row(r))?;
             self.processor.preprocess_rgb_into(img, out)?;
         }
         let s = self.processor.image_size;
@@ -249,9 +247,7 @@ impl ToyData {
     pub fn cell_labels(&self, rows: &[usize]) -> Result<Tensor> {
         let mut values = Vec::with_capacity(rows.len() * CELLS as usize * 3);
         for &r in rows {
-            let l = self.labels.get(r).ok_or_else(|| {
-                DetailFusionError::Variant(format!("toy world: no image row {r} (of {})", self.len()))
-            })?;
+            let l = self.labels.get(r).ok_or_else(|| self.no_row(r))?;
             values.extend(l.iter().flatten().map(|&v| u32::from(v)));
         }
         Ok(Tensor::from_vec(
@@ -259,6 +255,10 @@ impl ToyData {
             (rows.len(), CELLS as usize, 3),
             &self.device,
         )?)
+    }
+
+    fn no_row(&self, r: usize) -> DetailFusionError {
+        DetailFusionError::Variant(format!("toy world: no image row {r} (of {})", self.len()))
     }
 
     /// The device that [`ToyData::pixels`] puts tensors on.
